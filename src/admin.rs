@@ -1,0 +1,73 @@
+//! The admin listener: plain HTTP on its own thread, off the workers, serving
+//! `/metrics` (Prometheus text format) and `/healthz`. One request per connection.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use tracing::debug;
+
+use crate::metrics::Metrics;
+
+/// The most an admin request head may take.
+const MAX_HEAD: usize = 8 * 1024;
+
+/// Binds `addr` and serves admin requests on a thread of its own.
+pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    thread::Builder::new().name("edge-admin".into()).spawn(move || {
+        for stream in listener.incoming().flatten() {
+            if let Err(error) = answer(stream, &metrics) {
+                debug!(%error, "admin request failed");
+            }
+        }
+    })?;
+    Ok(bound)
+}
+
+fn answer(mut stream: TcpStream, metrics: &Arc<Metrics>) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let path = read_request_path(&mut stream)?;
+    let (status, content_type, body) = match path.as_deref() {
+        Some("/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        Some("/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        Some(_) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+        None => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body.as_bytes())
+}
+
+/// The path of a `GET` request, without its query; `None` for anything else.
+fn read_request_path(stream: &mut TcpStream) -> io::Result<Option<String>> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    while head.len() < MAX_HEAD {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..read]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut request = httparse::Request::new(&mut headers);
+        match request.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {
+                let is_get = request.method == Some("GET");
+                let path = request.path.map(|p| p.split('?').next().unwrap_or(p).to_owned());
+                return Ok(path.filter(|_| is_get));
+            }
+            Ok(httparse::Status::Partial) => continue,
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,285 @@
+//! The YAML schema: what an operator writes, with every default stated on its field.
+//!
+//! These types only describe the file. Turning them into running state (reading
+//! certificates, keys and CRLs, resolving backends) belongs to the layer that uses them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// Addresses to accept TLS connections on, such as `"0.0.0.0:8443"` or `"[::]:8443"`.
+    /// Required. Every worker binds each address with `SO_REUSEPORT`; an IPv6 address
+    /// binds IPv6 only, so list both families to serve both.
+    pub listen: Vec<String>,
+    /// Worker threads and the I/O driver. Default: see [`RuntimeConfig`].
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Timeouts that keep a slow or silent peer from holding a connection forever.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The admin listener (`/metrics`, `/healthz`). Default: none.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+    /// The one ingress this gateway serves.
+    pub ingress: IngressConfig,
+}
+
+/// Worker threads and the I/O driver.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuntimeConfig {
+    /// Number of worker threads. Default `0`: one per CPU the process may run on.
+    #[serde(default)]
+    pub workers: usize,
+    /// Pin worker N to the Nth allowed CPU. Default `false`.
+    #[serde(default)]
+    pub pin_workers: bool,
+    /// `auto` (io_uring, else epoll), `io_uring` or `epoll`. Default `auto`.
+    #[serde(default)]
+    pub io_driver: IoDriverChoice,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self { workers: 0, pin_workers: false, io_driver: IoDriverChoice::Auto }
+    }
+}
+
+/// Which monoio driver the workers run on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriverChoice {
+    /// io_uring where the kernel allows it, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring, or refuse to start.
+    #[value(name = "io_uring")]
+    IoUring,
+    /// epoll, even where io_uring works.
+    Epoll,
+}
+
+/// Connection-level timeouts.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitsConfig {
+    /// Time allowed from accept to a finished TLS handshake. Default `10s`.
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A connection on which neither side sends anything for this long is closed.
+    /// Default `60s`.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: default_handshake_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+fn default_handshake_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// The plain-HTTP admin listener.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminConfig {
+    /// Address of the admin listener. Keep it on loopback or a management network.
+    pub listen: String,
+}
+
+/// One ingress: a hostname, its TLS and device policy, its user policy and its backends.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngressConfig {
+    /// The name clients reach this ingress by; checked against SNI.
+    pub hostname: String,
+    /// Refuse handshakes whose SNI is absent or names another host, with the
+    /// `unrecognized_name` alert. Default `false`: such handshakes are served and logged.
+    #[serde(default)]
+    pub strict_sni: bool,
+    /// The server's own certificate and TLS versions.
+    pub server_tls: ServerTlsConfig,
+    /// How devices prove themselves: client certificates, CAs and revocation.
+    pub transport_security: TransportSecurityConfig,
+    /// How users prove themselves on each request. Default: no per-request check.
+    #[serde(default)]
+    pub application_auth: Option<ApplicationAuthConfig>,
+    /// Where authorized traffic goes.
+    pub upstream: UpstreamConfig,
+}
+
+/// The server certificate and protocol versions.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerTlsConfig {
+    /// PEM file with the server certificate first, then its intermediates.
+    pub cert_chain: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 RSA or SEC1 EC): ECDSA P-256/P-384,
+    /// RSA or Ed25519.
+    pub private_key: PathBuf,
+    /// Lowest TLS version accepted: `"1.2"` or `"1.3"`. Default `"1.2"`.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246).
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 (RFC 8446).
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// Device authentication.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TransportSecurityConfig {
+    /// `mtls` (a valid client certificate is required), `optional` (verified when
+    /// presented) or `tls` (not asked for).
+    pub mode: ClientAuthMode,
+    /// PEM file(s) with the CA certificates client chains must lead to. Several files, or
+    /// several certificates in one file, are all trusted at once (CA rotation).
+    /// Required unless `mode` is `tls`.
+    #[serde(default)]
+    pub client_ca_cert: OneOrMany<PathBuf>,
+    /// Refuse a certificate whose revocation status cannot be determined from the
+    /// loaded CRLs. Default `false`: certificates of issuers without a CRL are admitted.
+    #[serde(default)]
+    pub require_crl_check: bool,
+    /// CRL files, PEM or DER. Default: none.
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
+    /// Which certificates of the chain are checked against CRLs: `chain` (leaf and
+    /// intermediates) or `leaf`. Default `chain`.
+    #[serde(default)]
+    pub revocation_scope: RevocationScope,
+    /// What a CRL past its nextUpdate means. `refuse`: the status of every certificate
+    /// it covers is unknown (RFC 5280 §6.3.3), so they are refused until a fresh CRL is
+    /// loaded, whatever `require_crl_check` says. `use_stale`: it is still applied, with
+    /// a warning. Default `refuse`.
+    #[serde(default)]
+    pub expired_crl: ExpiredCrlPolicy,
+}
+
+/// Whether and how client certificates are asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMode {
+    /// A client certificate is required and verified.
+    Mtls,
+    /// A client certificate is asked for and verified when presented.
+    Optional,
+    /// No client certificate is asked for.
+    Tls,
+}
+
+/// Which certificates of a client chain are checked for revocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationScope {
+    /// The leaf and every intermediate.
+    #[default]
+    Chain,
+    /// Only the leaf.
+    Leaf,
+}
+
+/// How a CRL past its nextUpdate is treated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExpiredCrlPolicy {
+    /// The certificates it covers are refused until a fresh CRL is loaded.
+    #[default]
+    Refuse,
+    /// It is still applied, with a warning at load.
+    UseStale,
+}
+
+/// User authentication on each request.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApplicationAuthConfig {
+    /// `jwt` or `none`.
+    #[serde(rename = "type")]
+    pub kind: ApplicationAuthKind,
+    /// Expected `iss`, matched exactly. Required for `jwt`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// The audience that `aud` must be or contain. Required for `jwt`.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Claims a token must carry, by name, with the value each must equal.
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, serde_json::Value>,
+    /// A local JWKS file with the IdP's public keys.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// An HTTPS URL serving the IdP's JWKS.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
+    /// Find `jwks_uri` by OIDC discovery from `issuer`. Default `false`.
+    #[serde(default)]
+    pub discovery: bool,
+}
+
+/// The kinds of per-request authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplicationAuthKind {
+    /// A bearer JWT on every request.
+    Jwt,
+    /// No per-request check: the device certificate is the only proof.
+    None,
+}
+
+/// The backends of an ingress.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamConfig {
+    /// `host:port` or `unix:/path/to/socket`, tried in round robin.
+    pub backends: Vec<String>,
+    /// Time allowed to connect to one backend before trying the next. Default `2s`.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// A field that takes either one value or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// A single value.
+    One(T),
+    /// A list of values.
+    Many(Vec<T>),
+}
+
+impl<T> Default for OneOrMany<T> {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
+}
+
+impl<T> OneOrMany<T> {
+    /// The values, in order.
+    pub fn as_slice(&self) -> &[T] {
+        match self {
+            Self::One(value) => std::slice::from_ref(value),
+            Self::Many(values) => values,
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! A throwaway PKI made with rcgen: CAs, server and client certificates, and CRLs. The
+//! demo uses it, and so do the tests, so that no certificate is ever made by hand.
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm,
+};
+use rustls::pki_types::CertificateDer;
+use time::{Duration, OffsetDateTime};
+
+/// The key algorithms certificates can be made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ECDSA on P-256 with SHA-256.
+    EcdsaP256,
+    /// ECDSA on P-384 with SHA-384.
+    EcdsaP384,
+    /// Ed25519.
+    Ed25519,
+    /// RSA 2048 with SHA-256.
+    Rsa2048,
+}
+
+impl KeyKind {
+    fn generate(self) -> KeyPair {
+        let result = match self {
+            Self::EcdsaP256 => KeyPair::generate_for(algorithm(self)),
+            Self::EcdsaP384 => KeyPair::generate_for(algorithm(self)),
+            Self::Ed25519 => KeyPair::generate_for(algorithm(self)),
+            Self::Rsa2048 => KeyPair::generate_rsa_for(algorithm(self), rcgen::RsaKeySize::_2048),
+        };
+        result.expect("key generation with aws-lc-rs")
+    }
+}
+
+fn algorithm(kind: KeyKind) -> &'static SignatureAlgorithm {
+    match kind {
+        KeyKind::EcdsaP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        KeyKind::EcdsaP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        KeyKind::Ed25519 => &rcgen::PKCS_ED25519,
+        KeyKind::Rsa2048 => &rcgen::PKCS_RSA_SHA256,
+    }
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    /// A TLS server (extended key usage serverAuth).
+    Server,
+    /// A TLS client: a device (extended key usage clientAuth).
+    Client,
+}
+
+/// What to put in a certificate.
+#[derive(Debug, Clone)]
+pub struct CertRequest {
+    common_name: String,
+    usage: Usage,
+    dns_names: Vec<String>,
+    uris: Vec<String>,
+    ips: Vec<IpAddr>,
+    key: KeyKind,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+}
+
+impl CertRequest {
+    /// A client certificate named `common_name`, valid from yesterday for 30 days, P-256.
+    pub fn client(common_name: &str) -> Self {
+        Self::new(common_name, Usage::Client)
+    }
+
+    /// A server certificate for `names` (DNS names or IP addresses), valid from
+    /// yesterday for 30 days, P-256.
+    pub fn server(names: &[&str]) -> Self {
+        let mut request = Self::new(names.first().copied().unwrap_or("server"), Usage::Server);
+        for name in names {
+            match name.parse::<IpAddr>() {
+                Ok(ip) => request.ips.push(ip),
+                Err(_) => request.dns_names.push((*name).to_owned()),
+            }
+        }
+        request
+    }
+
+    fn new(common_name: &str, usage: Usage) -> Self {
+        let now = OffsetDateTime::now_utc();
+        Self {
+            common_name: common_name.to_owned(),
+            usage,
+            dns_names: Vec::new(),
+            uris: Vec::new(),
+            ips: Vec::new(),
+            key: KeyKind::EcdsaP256,
+            not_before: now - Duration::days(1),
+            not_after: now + Duration::days(30),
+        }
+    }
+
+    /// Uses another key algorithm.
+    pub fn key(mut self, key: KeyKind) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Adds a URI subject alternative name (a SPIFFE ID, say).
+    pub fn uri(mut self, uri: &str) -> Self {
+        self.uris.push(uri.to_owned());
+        self
+    }
+
+    /// Sets the validity period.
+    pub fn valid(mut self, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Self {
+        self.not_before = not_before;
+        self.not_after = not_after;
+        self
+    }
+
+    fn params(&self) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&self.common_name);
+        params.serial_number = Some(random_serial());
+        params.not_before = self.not_before;
+        params.not_after = self.not_after;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![match self.usage {
+            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        let dns = self.dns_names.iter().filter_map(|n| n.clone().try_into().ok()).map(SanType::DnsName);
+        let uris = self.uris.iter().filter_map(|u| u.clone().try_into().ok()).map(SanType::URI);
+        let ips = self.ips.iter().copied().map(SanType::IpAddress);
+        params.subject_alt_names = dns.chain(uris).chain(ips).collect();
+        params
+    }
+}
+
+/// A certificate and its key, with the chain a peer presents.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// The certificate alone, PEM.
+    pub cert_pem: String,
+    /// The certificate followed by the intermediates up to (not including) the root, PEM.
+    pub chain_pem: String,
+    /// The private key, PKCS#8 PEM.
+    pub key_pem: String,
+    /// The certificate, DER.
+    pub der: CertificateDer<'static>,
+    serial: SerialNumber,
+}
+
+/// A certificate authority that can issue certificates and CRLs.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+    /// The CA certificate, DER.
+    pub der: CertificateDer<'static>,
+    /// What a leaf it issues appends to its own certificate: this CA's certificate and
+    /// its parents', without the root.
+    intermediates_pem: String,
+}
+
+impl Authority {
+    /// A self-signed root CA, P-256.
+    pub fn root(common_name: &str) -> Self {
+        let key = KeyKind::EcdsaP256.generate();
+        let params = ca_params(common_name);
+        let cert = params.self_signed(&key).expect("self-signed root");
+        Self {
+            cert_pem: cert.pem(),
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+            intermediates_pem: String::new(),
+        }
+    }
+
+    /// An intermediate CA issued by this one, P-256.
+    pub fn intermediate(&self, common_name: &str) -> Self {
+        let key = KeyKind::EcdsaP256.generate();
+        let params = ca_params(common_name);
+        let cert = params.signed_by(&key, &self.issuer).expect("intermediate");
+        let pem = cert.pem();
+        Self {
+            intermediates_pem: format!("{pem}{}", self.intermediates_pem),
+            cert_pem: pem,
+            der: cert.der().clone(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// Issues a certificate as `request` describes.
+    pub fn issue(&self, request: &CertRequest) -> IssuedCert {
+        let key = request.key.generate();
+        let params = request.params();
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert_pem = cert.pem();
+        IssuedCert {
+            chain_pem: format!("{cert_pem}{}", self.intermediates_pem),
+            cert_pem,
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+            serial: params.serial_number.clone().unwrap_or_else(random_serial),
+        }
+    }
+
+    /// A CRL revoking `revoked`, issued an hour ago and valid for `valid_for` more.
+    pub fn crl(&self, revoked: &[&IssuedCert], valid_for: Duration) -> String {
+        let now = OffsetDateTime::now_utc();
+        self.crl_between(revoked, now - Duration::hours(1), now + valid_for)
+    }
+
+    /// A CRL with explicit thisUpdate and nextUpdate: a past nextUpdate makes an expired one.
+    pub fn crl_between(
+        &self,
+        revoked: &[&IssuedCert],
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> String {
+        let params = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: random_serial(),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|cert| RevokedCertParams {
+                    serial_number: cert.serial.clone(),
+                    revocation_time: this_update,
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).expect("CRL");
+        crl.pem().expect("CRL PEM")
+    }
+}
+
+fn ca_params(common_name: &str) -> CertificateParams {
+    let now = OffsetDateTime::now_utc();
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(common_name);
+    params.serial_number = Some(random_serial());
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = now - Duration::days(1);
+    params.not_after = now + Duration::days(365);
+    params.use_authority_key_identifier_extension = true;
+    params
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::OrganizationName, "srrrs dev PKI");
+    name.push(DnType::CommonName, common_name);
+    name
+}
+
+/// A positive 16-byte serial number.
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes).expect("system randomness");
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    SerialNumber::from_slice(&bytes)
+}

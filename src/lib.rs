@@ -1,0 +1,20 @@
+//! srrrs-edge: a Zero Trust edge ingress. Mutual TLS proves the device, a bearer JWT on
+//! every request proves the user, and only then do a request's bytes reach a backend.
+//!
+//! The data path, step by step: [`runtime`] (workers and listeners), [`tls`] (handshake
+//! and device verification), [`proxy`] (the per-connection pipeline), [`upstream`]
+//! (backends), [`http`] (the gateway's own responses).
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod ingress;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod socket;
+pub mod tls;
+pub mod upstream;

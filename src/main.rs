@@ -1,0 +1,115 @@
+//! The `srrrs-edge` command: run a gateway, check a configuration, or start the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mimalloc::MiMalloc;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use srrrs_edge::config::{self, IoDriverChoice};
+use srrrs_edge::demo::{Demo, DemoOptions};
+use srrrs_edge::runtime::{self, Settings};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+/// Zero Trust edge ingress: mutual TLS for devices, a JWT on every request for users.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Run {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Override `runtime.workers`.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Override `runtime.io_driver`.
+        #[arg(long, value_enum)]
+        io_driver: Option<IoDriverChoice>,
+    },
+    /// Check a configuration and every file it names, then exit.
+    Check {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start a throwaway dev PKI, an echo backend and the gateway, and print curl commands.
+    Demo {
+        /// The TLS port on 127.0.0.1.
+        #[arg(long, default_value_t = 8443)]
+        port: u16,
+        /// Force an I/O driver.
+        #[arg(long, value_enum)]
+        io_driver: Option<IoDriverChoice>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Demo { .. } => "info,srrrs_edge=debug",
+        _ => "info",
+    };
+    init_logging(default_filter);
+
+    let outcome = match cli.command {
+        Command::Run { config, workers, io_driver } => run(&config, workers, io_driver),
+        Command::Check { config } => check(&config),
+        Command::Demo { port, io_driver } => demo(&DemoOptions { port, io_driver }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default_filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(path: &PathBuf, workers: Option<usize>, io_driver: Option<IoDriverChoice>) -> Result<(), String> {
+    let loaded = config::load(path).map_err(|e| e.to_string())?;
+    let mut settings = Settings::build(&loaded).map_err(|e| e.to_string())?;
+    if let Some(workers) = workers {
+        settings.workers = workers;
+    }
+    if let Some(driver) = io_driver {
+        settings.io_driver = driver;
+    }
+    runtime::start(settings).map_err(|e| e.to_string())?;
+    let signal = runtime::wait_for_shutdown_signal();
+    info!(signal, "shutting down");
+    Ok(())
+}
+
+fn check(path: &PathBuf) -> Result<(), String> {
+    let loaded = config::load(path).map_err(|e| e.to_string())?;
+    Settings::build(&loaded).map_err(|e| e.to_string())?;
+    println!("{}: ok", path.display());
+    Ok(())
+}
+
+fn demo(options: &DemoOptions) -> Result<(), String> {
+    let demo = Demo::start(options)?;
+    println!("\nsrrrs-edge demo is running; files in {}", demo.folder.path().display());
+    println!("Try these, then press Ctrl-C to stop:\n");
+    println!("{}", demo.instructions());
+    let signal = runtime::wait_for_shutdown_signal();
+    info!(signal, "stopping the demo and removing its files");
+    drop(demo);
+    Ok(())
+}

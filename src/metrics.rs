@@ -1,0 +1,198 @@
+//! Counters kept per worker and summed only when scraped, so that the hot path touches
+//! no cache line another core writes. Exposition is prometheus-client's.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::tls::HandshakeRefusal;
+
+const REFUSAL_KINDS: usize = HandshakeRefusal::ALL.len();
+
+/// The counters of one worker. Aligned to keep two workers' counters off one cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct WorkerMetrics {
+    connections_accepted: AtomicU64,
+    connections_open: AtomicI64,
+    handshakes_tls12: AtomicU64,
+    handshakes_tls13: AtomicU64,
+    handshake_refusals: [AtomicU64; REFUSAL_KINDS],
+    backend_connect_failures: AtomicU64,
+    gateway_responses_502: AtomicU64,
+}
+
+impl WorkerMetrics {
+    /// A connection was accepted and is now open.
+    pub fn connection_opened(&self) {
+        bump(&self.connections_accepted);
+        self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed.
+    pub fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A handshake completed with the given TLS version.
+    pub fn handshake_completed(&self, version: Option<rustls::ProtocolVersion>) {
+        match version {
+            Some(rustls::ProtocolVersion::TLSv1_2) => bump(&self.handshakes_tls12),
+            _ => bump(&self.handshakes_tls13),
+        }
+    }
+
+    /// A handshake was refused or failed.
+    pub fn handshake_refused(&self, reason: HandshakeRefusal) {
+        bump(&self.handshake_refusals[reason.index()]);
+    }
+
+    /// Every backend was tried and none accepted a connection.
+    pub fn backend_unreachable(&self) {
+        bump(&self.backend_connect_failures);
+        bump(&self.gateway_responses_502);
+    }
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// All workers' counters, and the facts fixed at startup.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    workers: Mutex<Vec<Arc<WorkerMetrics>>>,
+    io_driver: Mutex<String>,
+}
+
+impl Metrics {
+    /// Counters for a new worker.
+    pub fn register_worker(&self) -> Arc<WorkerMetrics> {
+        let worker = Arc::new(WorkerMetrics::default());
+        self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(worker.clone());
+        worker
+    }
+
+    /// Records which I/O driver the workers run on.
+    pub fn set_io_driver(&self, driver: &str) {
+        *self.io_driver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = driver.into();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(self: &Arc<Self>) -> String {
+        let mut registry = Registry::with_prefix("srrrs");
+        registry.register_collector(Box::new(self.clone()));
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &registry);
+        out
+    }
+
+    fn sum(&self, field: impl Fn(&WorkerMetrics) -> u64) -> u64 {
+        let workers = self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        workers.iter().map(|worker| field(worker)).sum()
+    }
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = |name, help, value| (name, help, value);
+        let counters = [
+            counter(
+                "connections_accepted",
+                "TCP connections accepted",
+                self.sum(|w| read(&w.connections_accepted)),
+            ),
+            counter(
+                "backend_connect_failures",
+                "Requests for which no backend accepted a connection",
+                self.sum(|w| read(&w.backend_connect_failures)),
+            ),
+        ];
+        for (name, help, value) in counters {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+
+        let open = self.sum(|w| w.connections_open.load(Ordering::Relaxed).max(0) as u64);
+        let metric = encoder.encode_descriptor(
+            "connections_open",
+            "Connections currently open",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(open as i64).encode(metric)?;
+
+        let mut handshakes = encoder.encode_descriptor(
+            "tls_handshakes",
+            "Completed TLS handshakes by version",
+            None,
+            MetricType::Counter,
+        )?;
+        for (version, value) in [
+            ("1.2", self.sum(|w| read(&w.handshakes_tls12))),
+            ("1.3", self.sum(|w| read(&w.handshakes_tls13))),
+        ] {
+            let labels = [("version", version)];
+            ConstCounter::new(value).encode(handshakes.encode_family(&labels)?)?;
+        }
+
+        let mut refusals = encoder.encode_descriptor(
+            "tls_handshake_failures",
+            "TLS handshakes refused or failed, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in HandshakeRefusal::ALL {
+            let value = self.sum(|w| read(&w.handshake_refusals[reason.index()]));
+            let labels = [("reason", reason.label())];
+            ConstCounter::new(value).encode(refusals.encode_family(&labels)?)?;
+        }
+
+        let mut responses = encoder.encode_descriptor(
+            "gateway_responses",
+            "Responses written by the gateway itself, by status",
+            None,
+            MetricType::Counter,
+        )?;
+        let value = self.sum(|w| read(&w.gateway_responses_502));
+        ConstCounter::new(value).encode(responses.encode_family(&[("status", "502")])?)?;
+
+        let driver = self.io_driver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        let mut info =
+            encoder.encode_descriptor("io_driver", "The I/O driver workers run on", None, MetricType::Gauge)?;
+        ConstGauge::new(1).encode(info.encode_family(&[("driver", driver.as_str())])?)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_of_all_workers_are_summed_in_the_exposition() {
+        let metrics = Arc::new(Metrics::default());
+        let first = metrics.register_worker();
+        let second = metrics.register_worker();
+        first.handshake_refused(HandshakeRefusal::CertificateRevoked);
+        second.handshake_refused(HandshakeRefusal::CertificateRevoked);
+        second.connection_opened();
+
+        let text = metrics.render();
+        assert!(
+            text.contains("srrrs_tls_handshake_failures_total{reason=\"certificate_revoked\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("srrrs_connections_open 1"), "{text}");
+    }
+}

@@ -1,0 +1,345 @@
+//! Workers and listeners: one monoio runtime per worker thread, each with its own
+//! `SO_REUSEPORT` listener on every address, optionally pinned to a CPU, on io_uring or
+//! epoll. Also the settings built from the whole configuration file.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use monoio::time::TimeDriver;
+use monoio::{IoUringDriver, LegacyDriver, Runtime, RuntimeBuilder};
+use tracing::{info, warn};
+
+use crate::config::{ConfigError, IoDriverChoice, LimitsConfig, LoadedConfig};
+use crate::ingress::Ingress;
+use crate::metrics::Metrics;
+use crate::proxy::{self, Worker};
+use crate::{admin, socket};
+
+/// Pause after a failed accept (out of fds, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Everything the configuration file says, loaded and checked.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Addresses to accept TLS on.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; `0` for one per allowed CPU.
+    pub workers: usize,
+    /// Pin each worker to a CPU.
+    pub pin_workers: bool,
+    /// Which I/O driver to run.
+    pub io_driver: IoDriverChoice,
+    /// Connection timeouts.
+    pub limits: LimitsConfig,
+    /// The admin listener's address.
+    pub admin: Option<SocketAddr>,
+    /// The ingress served.
+    pub ingress: Ingress,
+}
+
+impl Settings {
+    /// Checks every field and loads every file the configuration names, reporting all
+    /// problems at once.
+    pub fn build(loaded: &LoadedConfig) -> Result<Self, ConfigError> {
+        let config = &loaded.config;
+        let mut problems = loaded.problems();
+
+        if config.listen.is_empty() {
+            problems.push("listen", "at least one address is required");
+        }
+        let mut listen = Vec::new();
+        for (index, text) in config.listen.iter().enumerate() {
+            match text.parse::<SocketAddr>() {
+                Ok(addr) => listen.push(addr),
+                Err(_) => problems.push(
+                    &format!("listen[{index}]"),
+                    format!("{text:?} is not an IP:port address (IPv6 as \"[::]:8443\")"),
+                ),
+            }
+        }
+        let admin = config.admin.as_ref().and_then(|admin| match admin.listen.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                problems.push("admin.listen", format!("{:?} is not an IP:port address", admin.listen));
+                None
+            }
+        });
+        let ingress = Ingress::build(loaded, &mut problems);
+
+        match ingress {
+            Some(ingress) if problems.is_empty() => Ok(Self {
+                listen,
+                workers: config.runtime.workers,
+                pin_workers: config.runtime.pin_workers,
+                io_driver: config.runtime.io_driver,
+                limits: config.limits.clone(),
+                admin,
+                ingress,
+            }),
+            _ => Err(problems.into_error()),
+        }
+    }
+}
+
+/// The I/O driver a worker ended up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    /// io_uring.
+    IoUring,
+    /// epoll, monoio's legacy driver.
+    Epoll,
+}
+
+impl IoDriver {
+    /// The name logged and exported.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::IoUring => "io_uring",
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// A listener could not be bound.
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the kernel said.
+        error: std::io::Error,
+    },
+    /// A worker's runtime could not be built.
+    Runtime(String),
+}
+
+impl std::error::Error for StartError {}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bind { addr, error } => write!(f, "cannot listen on {addr}: {error}"),
+            Self::Runtime(message) => write!(f, "cannot start a worker: {message}"),
+        }
+    }
+}
+
+/// A started gateway: its workers run until the process exits.
+#[derive(Debug)]
+pub struct RunningGateway {
+    /// The bound TLS addresses (ports resolved where `0` was configured).
+    pub listen: Vec<SocketAddr>,
+    /// The bound admin address.
+    pub admin: Option<SocketAddr>,
+    /// The driver the workers run on.
+    pub io_driver: IoDriver,
+    /// Live counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Binds every listener, starts every worker, and returns once all are serving.
+pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
+    let workers = worker_count(settings.workers);
+    let (per_worker, listen) = bind_all(&settings.listen, workers)?;
+    let metrics = Arc::new(Metrics::default());
+    let admin = match settings.admin {
+        Some(addr) => Some(admin::start(addr, metrics.clone()).map_err(|error| StartError::Bind { addr, error })?),
+        None => None,
+    };
+
+    let ingress = Arc::new(settings.ingress);
+    let cpus = if settings.pin_workers { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let (report, reports) = mpsc::channel();
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let plan = WorkerPlan {
+            index,
+            listeners,
+            cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
+            driver: settings.io_driver,
+            worker: (ingress.clone(), settings.limits.clone(), metrics.clone()),
+        };
+        let report = report.clone();
+        thread::Builder::new()
+            .name(format!("edge-worker-{index}"))
+            .spawn(move || run_worker(plan, report))
+            .map_err(|error| StartError::Runtime(error.to_string()))?;
+    }
+    drop(report);
+
+    let io_driver = collect_drivers(reports, workers)?;
+    metrics.set_io_driver(io_driver.name());
+    log_startup(&listen, workers, io_driver, admin, &ingress);
+    Ok(RunningGateway { listen, admin, io_driver, metrics })
+}
+
+fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        return configured;
+    }
+    thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Binds each address once per worker. A configured port 0 becomes the port the first
+/// bind got, so that every worker shares it.
+fn bind_all(
+    addrs: &[SocketAddr],
+    workers: usize,
+) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
+    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for &configured in addrs {
+        let mut addr = configured;
+        for listeners in per_worker.iter_mut() {
+            let listener =
+                socket::bind_reuseport(addr).map_err(|error| StartError::Bind { addr, error })?;
+            addr = listener.local_addr().map_err(|error| StartError::Bind { addr, error })?;
+            listeners.push(listener);
+        }
+        bound.push(addr);
+    }
+    Ok((per_worker, bound))
+}
+
+struct WorkerPlan {
+    index: usize,
+    listeners: Vec<TcpListener>,
+    cpu: Option<core_affinity::CoreId>,
+    driver: IoDriverChoice,
+    worker: (Arc<Ingress>, LimitsConfig, Arc<Metrics>),
+}
+
+type DriverReport = Result<IoDriver, String>;
+
+enum WorkerRuntime {
+    IoUring(Runtime<TimeDriver<IoUringDriver>>),
+    Epoll(Runtime<TimeDriver<LegacyDriver>>),
+}
+
+fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
+    if let Some(cpu) = plan.cpu {
+        if !core_affinity::set_for_current(cpu) {
+            warn!(worker = plan.index, cpu = cpu.id, "could not pin worker to its CPU");
+        }
+    }
+    let runtime = match build_runtime(plan.driver) {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = report.send(Err(error));
+            return;
+        }
+    };
+    let (ingress, limits, metrics) = plan.worker;
+    let worker = Rc::new(Worker::new(ingress, limits, metrics.register_worker()));
+    let serve = serve_listeners(plan.listeners, worker);
+    match runtime {
+        WorkerRuntime::IoUring(mut runtime) => {
+            let _ = report.send(Ok(IoDriver::IoUring));
+            runtime.block_on(serve);
+        }
+        WorkerRuntime::Epoll(mut runtime) => {
+            let _ = report.send(Ok(IoDriver::Epoll));
+            runtime.block_on(serve);
+        }
+    }
+}
+
+fn build_runtime(choice: IoDriverChoice) -> Result<WorkerRuntime, String> {
+    let uring = || RuntimeBuilder::<IoUringDriver>::new().enable_timer().build();
+    let epoll = || RuntimeBuilder::<LegacyDriver>::new().enable_timer().build();
+    match choice {
+        IoDriverChoice::IoUring => uring()
+            .map(WorkerRuntime::IoUring)
+            .map_err(|error| format!("io_uring is unavailable: {error}")),
+        IoDriverChoice::Epoll => epoll().map(WorkerRuntime::Epoll).map_err(|error| error.to_string()),
+        IoDriverChoice::Auto => match uring() {
+            Ok(runtime) => Ok(WorkerRuntime::IoUring(runtime)),
+            Err(error) => {
+                warn!(%error, "io_uring is unavailable; falling back to epoll");
+                epoll().map(WorkerRuntime::Epoll).map_err(|error| error.to_string())
+            }
+        },
+    }
+}
+
+fn collect_drivers(reports: mpsc::Receiver<DriverReport>, workers: usize) -> Result<IoDriver, StartError> {
+    let mut drivers = Vec::with_capacity(workers);
+    for report in reports.iter().take(workers) {
+        drivers.push(report.map_err(StartError::Runtime)?);
+    }
+    if drivers.len() < workers {
+        return Err(StartError::Runtime("a worker exited during startup".into()));
+    }
+    let first = drivers[0];
+    if drivers.iter().any(|driver| *driver != first) {
+        warn!("workers run on different I/O drivers; io_uring failed on some of them");
+    }
+    Ok(first)
+}
+
+async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>) {
+    let mut loops = Vec::new();
+    for listener in listeners {
+        match monoio::net::TcpListener::from_std(listener) {
+            Ok(listener) => loops.push(monoio::spawn(accept_loop(listener, worker.clone()))),
+            Err(error) => warn!(%error, "listener could not join the worker's runtime"),
+        }
+    }
+    for handle in loops {
+        handle.await;
+    }
+}
+
+async fn accept_loop(listener: monoio::net::TcpListener, worker: Rc<Worker>) {
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                monoio::spawn(proxy::serve(socket, peer, worker.clone()));
+            }
+            Err(error) => {
+                warn!(%error, "accept failed");
+                monoio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+fn log_startup(
+    listen: &[SocketAddr],
+    workers: usize,
+    driver: IoDriver,
+    admin: Option<SocketAddr>,
+    ingress: &Ingress,
+) {
+    for addr in listen {
+        info!(%addr, "listening");
+    }
+    if let Some(addr) = admin {
+        info!(%addr, "admin listening");
+    }
+    info!(workers, io_driver = driver.name(), "workers started");
+    ingress.tls.log_startup();
+    for backend in ingress.upstream.backends() {
+        info!(backend = %backend, "backend");
+    }
+}
+
+/// Blocks until SIGINT or SIGTERM arrives, and returns its name.
+pub fn wait_for_shutdown_signal() -> &'static str {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        // Without signal handling the default action (exit) still applies.
+        loop {
+            thread::park();
+        }
+    };
+    match signals.forever().next() {
+        Some(SIGTERM) => "SIGTERM",
+        _ => "SIGINT",
+    }
+}

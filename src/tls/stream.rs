@@ -1,0 +1,345 @@
+//! rustls driven over monoio's owned-buffer sockets: the handshake, then a session split
+//! into a reader and a writer that share the one `ServerConnection`.
+//!
+//! The two halves run as concurrent futures of one connection task on one thread, so the
+//! connection lives in an `Rc<RefCell<_>>` and no borrow is ever held across an `.await`.
+//! The writer is the only one that puts bytes on the socket once the handshake is done.
+
+use std::cell::RefCell;
+use std::io::{self, BufRead, Write};
+use std::rc::Rc;
+
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
+    OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+use rustls::server::{Acceptor, ClientHello};
+use rustls::{ProtocolVersion, ServerConnection};
+
+use super::identity::ClientIdentity;
+use super::refusal::HandshakeRefusal;
+use super::server::TlsPolicy;
+use crate::socket;
+
+/// Size of each socket read.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A fatal `unrecognized_name` alert as a plaintext TLS record (RFC 8446 §6, RFC 6066 §3).
+const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// What the handshake established, for logs, headers and policy.
+#[derive(Debug, Clone)]
+pub struct HandshakeFacts {
+    /// The SNI the client sent, lowercase.
+    pub sni: Option<String>,
+    /// The negotiated TLS version.
+    pub version: Option<ProtocolVersion>,
+    /// The verified device, when the client presented a certificate.
+    pub client: Option<ClientIdentity>,
+}
+
+/// A handshake that did not produce a session.
+#[derive(Debug)]
+pub struct HandshakeFailure {
+    /// The classification counted in metrics.
+    pub reason: HandshakeRefusal,
+    /// Detail for the debug log.
+    pub detail: String,
+    /// The SNI, when the ClientHello got that far.
+    pub sni: Option<String>,
+}
+
+/// An established TLS session, split into its two directions.
+pub struct TlsSession {
+    /// Decrypts what the client sends.
+    pub reader: TlsReader,
+    /// Encrypts what the client receives.
+    pub writer: TlsWriter,
+    /// What the handshake established.
+    pub facts: HandshakeFacts,
+}
+
+/// Runs a server handshake on `socket` under `policy`. On failure the alert rustls chose
+/// (or `unrecognized_name`) has been sent.
+pub async fn accept(socket: TcpStream, policy: &TlsPolicy) -> Result<TlsSession, HandshakeFailure> {
+    let mut handshake = Handshake { socket, input: Vec::with_capacity(READ_CHUNK), sni: None };
+    let accepted = handshake.read_client_hello().await?;
+    handshake.check_sni(&accepted.client_hello(), policy).await?;
+    let connection = match accepted.into_connection(policy.server_config.clone()) {
+        Ok(connection) => connection,
+        Err((error, mut alert)) => {
+            let mut out = Vec::new();
+            let _ = alert.write_all(&mut out);
+            handshake.send(out).await;
+            return Err(handshake.failure(HandshakeRefusal::from_tls_error(&error), error));
+        }
+    };
+    handshake.complete(connection).await
+}
+
+struct Handshake {
+    socket: TcpStream,
+    input: Vec<u8>,
+    sni: Option<String>,
+}
+
+impl Handshake {
+    async fn read_client_hello(&mut self) -> Result<rustls::server::Accepted, HandshakeFailure> {
+        let mut acceptor = Acceptor::default();
+        loop {
+            self.read_some().await?;
+            let mut input = &self.input[..];
+            while !input.is_empty() {
+                acceptor.read_tls(&mut input).map_err(|e| self.io_failure(e))?;
+            }
+            match acceptor.accept() {
+                Ok(Some(accepted)) => return Ok(accepted),
+                Ok(None) => continue,
+                Err((error, mut alert)) => {
+                    let mut out = Vec::new();
+                    let _ = alert.write_all(&mut out);
+                    self.send(out).await;
+                    return Err(self.failure(HandshakeRefusal::ProtocolError, error));
+                }
+            }
+        }
+    }
+
+    async fn check_sni(
+        &mut self,
+        hello: &ClientHello<'_>,
+        policy: &TlsPolicy,
+    ) -> Result<(), HandshakeFailure> {
+        self.sni = hello.server_name().map(str::to_ascii_lowercase);
+        if policy.accepts_sni(self.sni.as_deref()) {
+            return Ok(());
+        }
+        self.send(UNRECOGNIZED_NAME_ALERT.to_vec()).await;
+        Err(HandshakeFailure {
+            reason: HandshakeRefusal::UnrecognizedName,
+            detail: format!("SNI {:?} is not {}", self.sni, policy.hostname),
+            sni: self.sni.clone(),
+        })
+    }
+
+    async fn complete(mut self, mut conn: ServerConnection) -> Result<TlsSession, HandshakeFailure> {
+        loop {
+            self.flush(&mut conn).await?;
+            if !conn.is_handshaking() {
+                break;
+            }
+            self.read_some().await?;
+            let processed = feed(&mut conn, &self.input);
+            if let Err(error) = processed {
+                // The alert rustls queued for this error is still to be sent.
+                let _ = self.flush(&mut conn).await;
+                return Err(self.failure(HandshakeRefusal::from_tls_error(&error), error));
+            }
+        }
+
+        let facts = HandshakeFacts {
+            sni: self.sni.take(),
+            version: conn.protocol_version(),
+            client: conn.peer_certificates().and_then(|chain| chain.first()).and_then(
+                |leaf| ClientIdentity::from_der(leaf.as_ref()),
+            ),
+        };
+        Ok(split(self.socket, conn, facts))
+    }
+
+    async fn read_some(&mut self) -> Result<(), HandshakeFailure> {
+        let mut buffer = std::mem::take(&mut self.input);
+        buffer.clear();
+        let (result, buffer) = self.socket.read(buffer).await;
+        self.input = buffer;
+        match result {
+            Ok(0) => Err(HandshakeFailure {
+                reason: HandshakeRefusal::PeerClosed,
+                detail: "connection closed during the handshake".to_owned(),
+                sni: self.sni.clone(),
+            }),
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.io_failure(error)),
+        }
+    }
+
+    async fn flush(&mut self, conn: &mut ServerConnection) -> Result<(), HandshakeFailure> {
+        while conn.wants_write() {
+            let mut out = Vec::new();
+            conn.write_tls(&mut out).map_err(|error| self.io_failure(error))?;
+            let (result, _) = self.socket.write_all(out).await;
+            result.map_err(|error| self.io_failure(error))?;
+        }
+        Ok(())
+    }
+
+    /// Best effort: the peer may already be gone, and the handshake has failed anyway.
+    async fn send(&mut self, bytes: Vec<u8>) {
+        let _ = self.socket.write_all(bytes).await;
+    }
+
+    fn failure(&self, reason: HandshakeRefusal, error: impl ToString) -> HandshakeFailure {
+        HandshakeFailure { reason, detail: error.to_string(), sni: self.sni.clone() }
+    }
+
+    fn io_failure(&self, error: io::Error) -> HandshakeFailure {
+        self.failure(HandshakeRefusal::PeerClosed, error)
+    }
+}
+
+/// Hands ciphertext to rustls and processes it.
+fn feed(conn: &mut ServerConnection, mut input: &[u8]) -> Result<(), rustls::Error> {
+    while !input.is_empty() {
+        if conn.read_tls(&mut input).is_err() {
+            return Err(rustls::Error::General("TLS input buffer full".into()));
+        }
+        conn.process_new_packets()?;
+    }
+    Ok(())
+}
+
+fn split(socket: TcpStream, conn: ServerConnection, facts: HandshakeFacts) -> TlsSession {
+    let shared = Rc::new(RefCell::new(conn));
+    let (read_half, write_half) = socket.into_split();
+    TlsSession {
+        reader: TlsReader {
+            socket: read_half,
+            conn: shared.clone(),
+            input: Vec::with_capacity(READ_CHUNK),
+            consumed: 0,
+        },
+        writer: TlsWriter { socket: write_half, conn: shared, output: Vec::new() },
+        facts,
+    }
+}
+
+/// The client-to-gateway direction of a session.
+pub struct TlsReader {
+    socket: OwnedReadHalf<TcpStream>,
+    conn: Rc<RefCell<ServerConnection>>,
+    input: Vec<u8>,
+    consumed: usize,
+}
+
+impl TlsReader {
+    /// Appends decrypted bytes to `out` and returns how many. `Ok(0)` means the client
+    /// closed: with `close_notify`, or by closing TCP (a truncation rustls reports as
+    /// `UnexpectedEof`, which this treats as the end of input too).
+    pub async fn read(&mut self, out: &mut Vec<u8>, cancel: &CancelHandle) -> io::Result<usize> {
+        loop {
+            if let Some(result) = self.take_plaintext(out) {
+                return result;
+            }
+            if self.consumed < self.input.len() {
+                self.decrypt_buffered()?;
+                continue;
+            }
+            self.read_socket(cancel).await?;
+        }
+    }
+
+    fn take_plaintext(&mut self, out: &mut Vec<u8>) -> Option<io::Result<usize>> {
+        let mut conn = self.conn.borrow_mut();
+        let mut reader = conn.reader();
+        match reader.fill_buf() {
+            Ok(chunk) => {
+                let len = chunk.len();
+                out.extend_from_slice(chunk);
+                reader.consume(len);
+                Some(Ok(len))
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => None,
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => Some(Ok(0)),
+            Err(error) => Some(Err(error)),
+        }
+    }
+
+    fn decrypt_buffered(&mut self) -> io::Result<()> {
+        let mut conn = self.conn.borrow_mut();
+        let mut pending = &self.input[self.consumed..];
+        let before = pending.len();
+        conn.read_tls(&mut pending)?;
+        if pending.len() == before {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS input not accepted"));
+        }
+        self.consumed += before - pending.len();
+        conn.process_new_packets().map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        Ok(())
+    }
+
+    async fn read_socket(&mut self, cancel: &CancelHandle) -> io::Result<()> {
+        let mut buffer = std::mem::take(&mut self.input);
+        buffer.clear();
+        self.consumed = 0;
+        let (result, buffer) = self.socket.cancelable_read(buffer, cancel.clone()).await;
+        self.input = buffer;
+        if result? == 0 {
+            // Tell rustls the transport ended, so the reader reports how.
+            let mut conn = self.conn.borrow_mut();
+            conn.read_tls(&mut io::empty())?;
+        }
+        Ok(())
+    }
+
+    /// Reads and discards raw bytes until the client closes or `cancel` fires: the
+    /// lingering close that lets a final response reach a client still sending.
+    pub async fn discard_until_closed(&mut self, cancel: &CancelHandle) {
+        loop {
+            let mut buffer = std::mem::take(&mut self.input);
+            buffer.clear();
+            let (result, buffer) = self.socket.cancelable_read(buffer, cancel.clone()).await;
+            self.input = buffer;
+            if !matches!(result, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    }
+}
+
+/// The gateway-to-client direction of a session.
+pub struct TlsWriter {
+    socket: OwnedWriteHalf<TcpStream>,
+    conn: Rc<RefCell<ServerConnection>>,
+    output: Vec<u8>,
+}
+
+impl TlsWriter {
+    /// Encrypts and sends all of `data`.
+    pub async fn write_all(&mut self, mut data: &[u8], cancel: &CancelHandle) -> io::Result<()> {
+        while !data.is_empty() {
+            let accepted = self.conn.borrow_mut().writer().write(data)?;
+            data = &data[accepted..];
+            self.flush(cancel).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends whatever TLS records rustls has queued: data, alerts, key updates.
+    pub async fn flush(&mut self, cancel: &CancelHandle) -> io::Result<()> {
+        loop {
+            let mut output = std::mem::take(&mut self.output);
+            output.clear();
+            {
+                let mut conn = self.conn.borrow_mut();
+                while conn.wants_write() {
+                    conn.write_tls(&mut output)?;
+                }
+            }
+            if output.is_empty() {
+                self.output = output;
+                return Ok(());
+            }
+            let (result, output) = socket::send_all(&mut self.socket, output, cancel).await;
+            self.output = output;
+            result?;
+        }
+    }
+
+    /// Sends `close_notify` and half-closes the socket.
+    pub async fn close(&mut self, cancel: &CancelHandle) -> io::Result<()> {
+        self.conn.borrow_mut().send_close_notify();
+        self.flush(cancel).await?;
+        self.socket.shutdown().await
+    }
+}

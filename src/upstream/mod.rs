@@ -1,0 +1,237 @@
+//! Backends: the configured pool, round-robin choice with fail-over on connect errors,
+//! and the connected stream (TCP or Unix socket) split into its two directions.
+//! What is sent over it is the proxy's business.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use monoio::io::{
+    AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, OwnedReadHalf, OwnedWriteHalf,
+    Splitable,
+};
+use monoio::net::{TcpStream, UnixStream};
+use monoio::BufResult;
+use tracing::{debug, warn};
+
+use crate::config::{LoadedConfig, Problems};
+use crate::socket;
+
+/// Where one backend listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendAddress {
+    /// A TCP backend, with every address its name resolved to at load, tried in order.
+    Tcp(Vec<SocketAddr>),
+    /// A Unix stream socket.
+    Unix(PathBuf),
+}
+
+/// One backend, as configured.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The configured spelling (`app:8080`, `unix:/run/app.sock`), for logs.
+    pub name: String,
+    /// Where to connect.
+    pub address: BackendAddress,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Backend {
+    /// Parses `host:port`, `[v6]:port` or `unix:/path`, resolving host names now.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        if let Some(path) = spec.strip_prefix("unix:") {
+            if !path.starts_with('/') {
+                return Err(format!("{spec:?}: a Unix socket path must be absolute"));
+            }
+            return Ok(Self { name: spec.to_owned(), address: BackendAddress::Unix(path.into()) });
+        }
+        let addrs: Vec<SocketAddr> = spec
+            .to_socket_addrs()
+            .map_err(|error| format!("{spec:?}: expected host:port or unix:/path ({error})"))?
+            .collect();
+        if addrs.is_empty() {
+            return Err(format!("{spec:?}: the name resolves to no address"));
+        }
+        Ok(Self { name: spec.to_owned(), address: BackendAddress::Tcp(addrs) })
+    }
+
+    async fn connect(&self, timeout: Duration) -> io::Result<BackendStream> {
+        match &self.address {
+            BackendAddress::Unix(path) => {
+                let stream = within(timeout, UnixStream::connect(path)).await?;
+                Ok(BackendStream::Unix(stream))
+            }
+            BackendAddress::Tcp(addrs) => {
+                let mut last_error = io::Error::other("no address");
+                for addr in addrs {
+                    match within(timeout, TcpStream::connect_addr(*addr)).await {
+                        Ok(stream) => {
+                            let _ = stream.set_nodelay(true);
+                            return Ok(BackendStream::Tcp(stream));
+                        }
+                        Err(error) => last_error = error,
+                    }
+                }
+                Err(last_error)
+            }
+        }
+    }
+}
+
+/// The backends of an ingress and how to reach them.
+#[derive(Debug, Clone)]
+pub struct BackendPool {
+    backends: Vec<Backend>,
+    connect_timeout: Duration,
+}
+
+/// No backend of the pool accepted a connection.
+#[derive(Debug)]
+pub struct NoBackendReachable {
+    /// How many backends were tried.
+    pub tried: usize,
+}
+
+impl BackendPool {
+    /// Builds the pool from `ingress.upstream`, recording each bad entry.
+    pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Option<Self> {
+        let upstream = &loaded.config.ingress.upstream;
+        if upstream.backends.is_empty() {
+            problems.push("ingress.upstream.backends", "at least one backend is required");
+        }
+        let mut backends = Vec::new();
+        for (index, spec) in upstream.backends.iter().enumerate() {
+            match Backend::parse(spec) {
+                Ok(backend) => backends.push(backend),
+                Err(error) => problems.push(&format!("ingress.upstream.backends[{index}]"), error),
+            }
+        }
+        let complete = !backends.is_empty() && backends.len() == upstream.backends.len();
+        complete.then_some(Self { backends, connect_timeout: upstream.connect_timeout })
+    }
+
+    /// The backends, in configured order.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// Connects to the backend at `turn` (round robin), or to the next ones in order when
+    /// it fails, trying each once.
+    pub async fn connect(
+        &self,
+        turn: usize,
+    ) -> Result<(BackendStream, &Backend), NoBackendReachable> {
+        let count = self.backends.len();
+        for offset in 0..count {
+            let backend = &self.backends[(turn + offset) % count];
+            match backend.connect(self.connect_timeout).await {
+                Ok(stream) => {
+                    debug!(backend = %backend, "backend connected");
+                    return Ok((stream, backend));
+                }
+                Err(error) => warn!(backend = %backend, %error, "backend connect failed"),
+            }
+        }
+        Err(NoBackendReachable { tried: count })
+    }
+}
+
+async fn within<T>(
+    limit: Duration,
+    connect: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    match monoio::time::timeout(limit, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+    }
+}
+
+/// A connected backend.
+pub enum BackendStream {
+    /// Over TCP.
+    Tcp(TcpStream),
+    /// Over a Unix stream socket.
+    Unix(UnixStream),
+}
+
+impl BackendStream {
+    /// Splits the stream into the direction toward the backend and the one from it.
+    pub fn into_split(self) -> (BackendReader, BackendWriter) {
+        match self {
+            Self::Tcp(stream) => {
+                let (read, write) = stream.into_split();
+                (BackendReader::Tcp(read), BackendWriter::Tcp(write))
+            }
+            Self::Unix(stream) => {
+                let (read, write) = stream.into_split();
+                (BackendReader::Unix(read), BackendWriter::Unix(write))
+            }
+        }
+    }
+}
+
+/// What the backend sends.
+pub enum BackendReader {
+    /// Over TCP.
+    Tcp(OwnedReadHalf<TcpStream>),
+    /// Over a Unix stream socket.
+    Unix(OwnedReadHalf<UnixStream>),
+}
+
+impl BackendReader {
+    /// Reads into `buffer` from its start; `Ok(0)` is the backend's end of stream.
+    pub async fn read(&mut self, buffer: Vec<u8>, cancel: &CancelHandle) -> BufResult<usize, Vec<u8>> {
+        match self {
+            Self::Tcp(half) => half.cancelable_read(buffer, cancel.clone()).await,
+            Self::Unix(half) => half.cancelable_read(buffer, cancel.clone()).await,
+        }
+    }
+}
+
+/// What goes to the backend.
+pub enum BackendWriter {
+    /// Over TCP.
+    Tcp(OwnedWriteHalf<TcpStream>),
+    /// Over a Unix stream socket.
+    Unix(OwnedWriteHalf<UnixStream>),
+}
+
+impl BackendWriter {
+    /// Sends all of `buffer`, which comes back either way.
+    pub async fn send_all(&mut self, buffer: Vec<u8>, cancel: &CancelHandle) -> (io::Result<()>, Vec<u8>) {
+        match self {
+            Self::Tcp(half) => socket::send_all(half, buffer, cancel).await,
+            Self::Unix(half) => socket::send_all(half, buffer, cancel).await,
+        }
+    }
+
+    /// Half-closes the connection: the backend reads end of stream.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        match self {
+            Self::Tcp(half) => half.shutdown().await,
+            Self::Unix(half) => half.shutdown().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_specs_parse_or_say_why_not() {
+        let tcp = Backend::parse("127.0.0.1:8080").expect("tcp");
+        assert_eq!(tcp.address, BackendAddress::Tcp(vec!["127.0.0.1:8080".parse().unwrap()]));
+        let unix = Backend::parse("unix:/run/app.sock").expect("unix");
+        assert_eq!(unix.address, BackendAddress::Unix("/run/app.sock".into()));
+        assert!(Backend::parse("unix:relative.sock").unwrap_err().contains("absolute"));
+        assert!(Backend::parse("no-port").unwrap_err().contains("host:port"));
+    }
+}
