@@ -18,13 +18,15 @@ const MAX_HEAD: usize = 8 * 1024;
 pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
-    thread::Builder::new().name("edge-admin".into()).spawn(move || {
-        for stream in listener.incoming().flatten() {
-            if let Err(error) = answer(stream, &metrics) {
-                debug!(%error, "admin request failed");
+    thread::Builder::new()
+        .name("edge-admin".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                if let Err(error) = answer(stream, &metrics) {
+                    debug!(%error, "admin request failed");
+                }
             }
-        }
-    })?;
+        })?;
     Ok(bound)
 }
 
@@ -62,7 +64,9 @@ fn read_request_path(stream: &mut TcpStream) -> io::Result<Option<String>> {
         match request.parse(&head) {
             Ok(httparse::Status::Complete(_)) => {
                 let is_get = request.method == Some("GET");
-                let path = request.path.map(|p| p.split('?').next().unwrap_or(p).to_owned());
+                let path = request
+                    .path
+                    .map(|p| p.split('?').next().unwrap_or(p).to_owned());
                 return Ok(path.filter(|_| is_get));
             }
             Ok(httparse::Status::Partial) => continue,

@@ -19,6 +19,9 @@ impl Ingress {
     pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Option<Self> {
         let tls = TlsPolicy::build(loaded, problems);
         let upstream = BackendPool::build(loaded, problems);
-        Some(Self { tls: tls?, upstream: upstream? })
+        Some(Self {
+            tls: tls?,
+            upstream: upstream?,
+        })
     }
 }

@@ -1,6 +1,7 @@
 //! The `srrrs-edge` command: run a gateway, check a configuration, or start the demo.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -63,7 +64,11 @@ fn main() -> ExitCode {
     init_logging(default_filter);
 
     let outcome = match cli.command {
-        Command::Run { config, workers, io_driver } => run(&config, workers, io_driver),
+        Command::Run {
+            config,
+            workers,
+            io_driver,
+        } => run(&config, workers, io_driver),
         Command::Check { config } => check(&config),
         Command::Demo { port, io_driver } => demo(&DemoOptions { port, io_driver }),
     };
@@ -77,11 +82,20 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(default_filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
 }
 
-fn run(path: &PathBuf, workers: Option<usize>, io_driver: Option<IoDriverChoice>) -> Result<(), String> {
+fn run(
+    path: &Path,
+    workers: Option<usize>,
+    io_driver: Option<IoDriverChoice>,
+) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     let mut settings = Settings::build(&loaded).map_err(|e| e.to_string())?;
     if let Some(workers) = workers {
@@ -96,7 +110,7 @@ fn run(path: &PathBuf, workers: Option<usize>, io_driver: Option<IoDriverChoice>
     Ok(())
 }
 
-fn check(path: &PathBuf) -> Result<(), String> {
+fn check(path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     Settings::build(&loaded).map_err(|e| e.to_string())?;
     println!("{}: ok", path.display());
@@ -105,7 +119,10 @@ fn check(path: &PathBuf) -> Result<(), String> {
 
 fn demo(options: &DemoOptions) -> Result<(), String> {
     let demo = Demo::start(options)?;
-    println!("\nsrrrs-edge demo is running; files in {}", demo.folder.path().display());
+    println!(
+        "\nsrrrs-edge demo is running; files in {}",
+        demo.folder.path().display()
+    );
     println!("Try these, then press Ctrl-C to stop:\n");
     println!("{}", demo.instructions());
     let signal = runtime::wait_for_shutdown_signal();

@@ -79,13 +79,19 @@ impl Metrics {
     /// Counters for a new worker.
     pub fn register_worker(&self) -> Arc<WorkerMetrics> {
         let worker = Arc::new(WorkerMetrics::default());
-        self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(worker.clone());
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(worker.clone());
         worker
     }
 
     /// Records which I/O driver the workers run on.
     pub fn set_io_driver(&self, driver: &str) {
-        *self.io_driver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = driver.into();
+        *self
+            .io_driver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = driver.into();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -98,7 +104,10 @@ impl Metrics {
     }
 
     fn sum(&self, field: impl Fn(&WorkerMetrics) -> u64) -> u64 {
-        let workers = self.workers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         workers.iter().map(|worker| field(worker)).sum()
     }
 }
@@ -167,9 +176,17 @@ impl Collector for Metrics {
         let value = self.sum(|w| read(&w.gateway_responses_502));
         ConstCounter::new(value).encode(responses.encode_family(&[("status", "502")])?)?;
 
-        let driver = self.io_driver.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        let mut info =
-            encoder.encode_descriptor("io_driver", "The I/O driver workers run on", None, MetricType::Gauge)?;
+        let driver = self
+            .io_driver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let mut info = encoder.encode_descriptor(
+            "io_driver",
+            "The I/O driver workers run on",
+            None,
+            MetricType::Gauge,
+        )?;
         ConstGauge::new(1).encode(info.encode_family(&[("driver", driver.as_str())])?)?;
         Ok(())
     }

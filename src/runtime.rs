@@ -62,13 +62,19 @@ impl Settings {
                 ),
             }
         }
-        let admin = config.admin.as_ref().and_then(|admin| match admin.listen.parse() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                problems.push("admin.listen", format!("{:?} is not an IP:port address", admin.listen));
-                None
-            }
-        });
+        let admin = config
+            .admin
+            .as_ref()
+            .and_then(|admin| match admin.listen.parse() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    problems.push(
+                        "admin.listen",
+                        format!("{:?} is not an IP:port address", admin.listen),
+                    );
+                    None
+                }
+            });
         let ingress = Ingress::build(loaded, &mut problems);
 
         match ingress {
@@ -149,12 +155,19 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let (per_worker, listen) = bind_all(&settings.listen, workers)?;
     let metrics = Arc::new(Metrics::default());
     let admin = match settings.admin {
-        Some(addr) => Some(admin::start(addr, metrics.clone()).map_err(|error| StartError::Bind { addr, error })?),
+        Some(addr) => Some(
+            admin::start(addr, metrics.clone())
+                .map_err(|error| StartError::Bind { addr, error })?,
+        ),
         None => None,
     };
 
     let ingress = Arc::new(settings.ingress);
-    let cpus = if settings.pin_workers { core_affinity::get_core_ids().unwrap_or_default() } else { Vec::new() };
+    let cpus = if settings.pin_workers {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let (report, reports) = mpsc::channel();
     for (index, listeners) in per_worker.into_iter().enumerate() {
         let plan = WorkerPlan {
@@ -175,7 +188,12 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let io_driver = collect_drivers(reports, workers)?;
     metrics.set_io_driver(io_driver.name());
     log_startup(&listen, workers, io_driver, admin, &ingress);
-    Ok(RunningGateway { listen, admin, io_driver, metrics })
+    Ok(RunningGateway {
+        listen,
+        admin,
+        io_driver,
+        metrics,
+    })
 }
 
 fn worker_count(configured: usize) -> usize {
@@ -198,7 +216,9 @@ fn bind_all(
         for listeners in per_worker.iter_mut() {
             let listener =
                 socket::bind_reuseport(addr).map_err(|error| StartError::Bind { addr, error })?;
-            addr = listener.local_addr().map_err(|error| StartError::Bind { addr, error })?;
+            addr = listener
+                .local_addr()
+                .map_err(|error| StartError::Bind { addr, error })?;
             listeners.push(listener);
         }
         bound.push(addr);
@@ -224,7 +244,11 @@ enum WorkerRuntime {
 fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
     if let Some(cpu) = plan.cpu {
         if !core_affinity::set_for_current(cpu) {
-            warn!(worker = plan.index, cpu = cpu.id, "could not pin worker to its CPU");
+            warn!(
+                worker = plan.index,
+                cpu = cpu.id,
+                "could not pin worker to its CPU"
+            );
         }
     }
     let runtime = match build_runtime(plan.driver) {
@@ -250,24 +274,35 @@ fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
 }
 
 fn build_runtime(choice: IoDriverChoice) -> Result<WorkerRuntime, String> {
-    let uring = || RuntimeBuilder::<IoUringDriver>::new().enable_timer().build();
+    let uring = || {
+        RuntimeBuilder::<IoUringDriver>::new()
+            .enable_timer()
+            .build()
+    };
     let epoll = || RuntimeBuilder::<LegacyDriver>::new().enable_timer().build();
     match choice {
         IoDriverChoice::IoUring => uring()
             .map(WorkerRuntime::IoUring)
             .map_err(|error| format!("io_uring is unavailable: {error}")),
-        IoDriverChoice::Epoll => epoll().map(WorkerRuntime::Epoll).map_err(|error| error.to_string()),
+        IoDriverChoice::Epoll => epoll()
+            .map(WorkerRuntime::Epoll)
+            .map_err(|error| error.to_string()),
         IoDriverChoice::Auto => match uring() {
             Ok(runtime) => Ok(WorkerRuntime::IoUring(runtime)),
             Err(error) => {
                 warn!(%error, "io_uring is unavailable; falling back to epoll");
-                epoll().map(WorkerRuntime::Epoll).map_err(|error| error.to_string())
+                epoll()
+                    .map(WorkerRuntime::Epoll)
+                    .map_err(|error| error.to_string())
             }
         },
     }
 }
 
-fn collect_drivers(reports: mpsc::Receiver<DriverReport>, workers: usize) -> Result<IoDriver, StartError> {
+fn collect_drivers(
+    reports: mpsc::Receiver<DriverReport>,
+    workers: usize,
+) -> Result<IoDriver, StartError> {
     let mut drivers = Vec::with_capacity(workers);
     for report in reports.iter().take(workers) {
         drivers.push(report.map_err(StartError::Runtime)?);

@@ -35,7 +35,9 @@ pub async fn send_all<W: CancelableAsyncWriteRent>(
 ) -> (io::Result<()>, Vec<u8>) {
     let mut sent = 0;
     while sent < buffer.len() {
-        let (result, slice) = writer.cancelable_write(buffer.slice(sent..), cancel.clone()).await;
+        let (result, slice) = writer
+            .cancelable_write(buffer.slice(sent..), cancel.clone())
+            .await;
         buffer = slice.into_inner();
         match result {
             Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buffer),

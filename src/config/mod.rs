@@ -31,7 +31,11 @@ impl LoadedConfig {
 
     /// An empty collector for problems found in this file.
     pub fn problems(&self) -> Problems {
-        Problems { file: self.path.clone(), source: self.source.clone(), items: Vec::new() }
+        Problems {
+            file: self.path.clone(),
+            source: self.source.clone(),
+            items: Vec::new(),
+        }
     }
 }
 
@@ -40,7 +44,11 @@ impl LoadedConfig {
 pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
         file: path.to_owned(),
-        problems: vec![Problem::new("", None, format!("cannot read the file: {error}"))],
+        problems: vec![Problem::new(
+            "",
+            None,
+            format!("cannot read the file: {error}"),
+        )],
     })?;
     parse(path, &text)
 }
@@ -48,30 +56,40 @@ pub fn load(path: &Path) -> Result<LoadedConfig, ConfigError> {
 /// Parses `text` as the configuration file `path`.
 pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
     let source = SourceMap::index(text);
-    let mut problems =
-        Problems { file: path.to_owned(), source: source.clone(), items: Vec::new() };
+    let mut problems = Problems {
+        file: path.to_owned(),
+        source: source.clone(),
+        items: Vec::new(),
+    };
     let mut unknown = Vec::new();
     let mut failed_at = None;
 
-    let parsed = serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
-        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
-        let tracked = serde_ignored::Deserializer::new(de, &mut on_unknown);
-        serde_path_to_error::deserialize::<_, Config>(tracked).map_err(|error| {
-            failed_at = Some(located_path(error.path()));
-            error.into_inner()
-        })
-    });
+    let parsed =
+        serde_saphyr::with_deserializer_from_str_with_options(text, yaml_options(), |de| {
+            let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
+            let tracked = serde_ignored::Deserializer::new(de, &mut on_unknown);
+            serde_path_to_error::deserialize::<_, Config>(tracked).map_err(|error| {
+                failed_at = Some(located_path(error.path()));
+                error.into_inner()
+            })
+        });
 
     for field in unknown {
         problems.push(&field, "unknown field");
     }
     match parsed {
-        Ok(config) if problems.is_empty() => Ok(LoadedConfig { config, path: path.into(), source }),
+        Ok(config) if problems.is_empty() => Ok(LoadedConfig {
+            config,
+            path: path.into(),
+            source,
+        }),
         Ok(_) => Err(problems.into_error()),
         Err(error) => {
             let line = error.location().map(|at| at.line() as usize);
             let field = failed_at.unwrap_or_default();
-            problems.items.push(Problem::new(&field, line, yaml_message(&error)));
+            problems
+                .items
+                .push(Problem::new(&field, line, yaml_message(&error)));
             Err(problems.into_error())
         }
     }
@@ -108,7 +126,10 @@ impl Problems {
 
     /// Every problem found, as an error.
     pub fn into_error(self) -> ConfigError {
-        ConfigError { file: self.file, problems: self.items }
+        ConfigError {
+            file: self.file,
+            problems: self.items,
+        }
     }
 }
 
@@ -148,7 +169,11 @@ pub struct Problem {
 
 impl Problem {
     fn new(path: &str, line: Option<usize>, message: String) -> Self {
-        Self { path: path.to_owned(), line, message }
+        Self {
+            path: path.to_owned(),
+            line,
+            message,
+        }
     }
 
     fn display_in(&self, file: &Path) -> String {
@@ -222,7 +247,9 @@ mod tests {
     use super::*;
 
     fn problems_of(text: &str) -> Vec<Problem> {
-        parse(Path::new("t.yaml"), text).expect_err("config should be refused").problems
+        parse(Path::new("t.yaml"), text)
+            .expect_err("config should be refused")
+            .problems
     }
 
     const MINIMAL: &str = "\
@@ -240,7 +267,10 @@ ingress:
         let config = &loaded.config;
         assert_eq!(config.runtime.io_driver, IoDriverChoice::Auto);
         assert_eq!(config.ingress.server_tls.min_version, TlsVersion::Tls12);
-        assert_eq!(loaded.resolve(Path::new("c.pem")), Path::new("/etc/edge/c.pem"));
+        assert_eq!(
+            loaded.resolve(Path::new("c.pem")),
+            Path::new("/etc/edge/c.pem")
+        );
     }
 
     #[test]

@@ -45,7 +45,11 @@ pub struct RuntimeConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { workers: 0, pin_workers: false, io_driver: IoDriverChoice::Auto }
+        Self {
+            workers: 0,
+            pin_workers: false,
+            io_driver: IoDriverChoice::Auto,
+        }
     }
 }
 

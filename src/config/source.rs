@@ -46,7 +46,9 @@ impl SourceMap {
     }
 
     fn scalar(&mut self, stack: &mut [Frame], value: &str, line: usize) {
-        let Some(frame) = stack.last_mut() else { return };
+        let Some(frame) = stack.last_mut() else {
+            return;
+        };
         if let Frame::Mapping { path, pending_key } = frame {
             if pending_key.is_none() {
                 let key = join_key(path, value);
@@ -69,17 +71,29 @@ impl SourceMap {
 }
 
 enum Frame {
-    Mapping { path: String, pending_key: Option<String> },
-    Sequence { path: String, next_index: usize },
+    Mapping {
+        path: String,
+        pending_key: Option<String>,
+    },
+    Sequence {
+        path: String,
+        next_index: usize,
+    },
 }
 
 impl Frame {
     fn mapping() -> Self {
-        Frame::Mapping { path: String::new(), pending_key: None }
+        Frame::Mapping {
+            path: String::new(),
+            pending_key: None,
+        }
     }
 
     fn sequence() -> Self {
-        Frame::Sequence { path: String::new(), next_index: 0 }
+        Frame::Sequence {
+            path: String::new(),
+            next_index: 0,
+        }
     }
 
     fn set_path(&mut self, new_path: String) {

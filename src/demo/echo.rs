@@ -33,7 +33,10 @@ pub struct ReceivedRequest {
 impl ReceivedRequest {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -48,48 +51,69 @@ impl EchoBackend {
     pub fn start_tcp(addr: SocketAddr) -> io::Result<(Self, SocketAddr)> {
         let listener = TcpListener::bind(addr)?;
         let bound = listener.local_addr()?;
-        let backend = Self { received: Arc::default() };
+        let backend = Self {
+            received: Arc::default(),
+        };
         let serving = backend.clone();
-        thread::Builder::new().name("echo-backend".into()).spawn(move || {
-            for stream in listener.incoming().flatten() {
-                serving.spawn_connection(stream);
-            }
-        })?;
+        thread::Builder::new()
+            .name("echo-backend".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    serving.spawn_connection(stream);
+                }
+            })?;
         Ok((backend, bound))
     }
 
     /// Serves on a Unix socket at `path`.
     pub fn start_unix(path: &Path) -> io::Result<Self> {
         let listener = UnixListener::bind(path)?;
-        let backend = Self { received: Arc::default() };
+        let backend = Self {
+            received: Arc::default(),
+        };
         let serving = backend.clone();
-        thread::Builder::new().name("echo-backend".into()).spawn(move || {
-            for stream in listener.incoming().flatten() {
-                serving.spawn_connection(stream);
-            }
-        })?;
+        thread::Builder::new()
+            .name("echo-backend".into())
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    serving.spawn_connection(stream);
+                }
+            })?;
         Ok(backend)
     }
 
     /// Every request received so far, in order.
     pub fn received(&self) -> Vec<ReceivedRequest> {
-        self.received.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.received
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn spawn_connection<S: Read + Write + Send + 'static>(&self, stream: S) {
         let received = self.received.clone();
-        let _ = thread::Builder::new().name("echo-connection".into()).spawn(move || {
-            let _ = serve_connection(stream, &received);
-        });
+        let _ = thread::Builder::new()
+            .name("echo-connection".into())
+            .spawn(move || {
+                let _ = serve_connection(stream, &received);
+            });
     }
 }
 
-fn serve_connection<S: Read + Write>(stream: S, received: &Mutex<Vec<ReceivedRequest>>) -> io::Result<()> {
+fn serve_connection<S: Read + Write>(
+    stream: S,
+    received: &Mutex<Vec<ReceivedRequest>>,
+) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
     loop {
-        let Some((request, keep_alive)) = read_request(&mut reader)? else { return Ok(()) };
+        let Some((request, keep_alive)) = read_request(&mut reader)? else {
+            return Ok(());
+        };
         let body = serde_json::to_vec_pretty(&request).unwrap_or_default();
-        received.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(request);
+        received
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(request);
         let connection = if keep_alive { "keep-alive" } else { "close" };
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
@@ -112,22 +136,37 @@ fn read_request<R: BufRead>(reader: &mut R) -> io::Result<Option<(ReceivedReques
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() > MAX_HEAD {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
         }
         if reader.read_until(b'\n', &mut head)? == 0 {
-            return if head.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+            return if head.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
         }
     }
 
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut parsed = httparse::Request::new(&mut headers);
     if !matches!(parsed.parse(&head), Ok(httparse::Status::Complete(_))) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed request head"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed request head",
+        ));
     }
     let headers: Vec<(String, String)> = parsed
         .headers
         .iter()
-        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
     let mut request = ReceivedRequest {
         method: parsed.method.unwrap_or_default().to_owned(),
@@ -136,7 +175,9 @@ fn read_request<R: BufRead>(reader: &mut R) -> io::Result<Option<(ReceivedReques
         body: Vec::new(),
         body_bytes: 0,
     };
-    let close_requested = request.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let close_requested = request
+        .header("connection")
+        .is_some_and(|v| v.eq_ignore_ascii_case("close"));
     let keep_alive = parsed.version == Some(1) && !close_requested;
 
     request.body = read_body(reader, &request)?;
@@ -145,11 +186,16 @@ fn read_request<R: BufRead>(reader: &mut R) -> io::Result<Option<(ReceivedReques
 }
 
 fn read_body<R: BufRead>(reader: &mut R, request: &ReceivedRequest) -> io::Result<Vec<u8>> {
-    let chunked = request.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    let chunked = request
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if chunked {
         return read_chunked(reader);
     }
-    let length: usize = request.header("content-length").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    let length: usize = request
+        .header("content-length")
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
     Ok(body)

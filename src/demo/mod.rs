@@ -42,7 +42,9 @@ impl Demo {
             .prefix("srrrs-edge-demo-")
             .tempdir()
             .map_err(|e| format!("cannot make a temp folder: {e}"))?;
-        DemoPki::generate().write(folder.path()).map_err(|e| format!("cannot write the PKI: {e}"))?;
+        DemoPki::generate()
+            .write(folder.path())
+            .map_err(|e| format!("cannot write the PKI: {e}"))?;
 
         let local = SocketAddr::from(([127, 0, 0, 1], 0));
         let (backend, backend_addr) =
@@ -54,7 +56,11 @@ impl Demo {
         let loaded = config::load(&config_path).map_err(|e| e.to_string())?;
         let settings = Settings::build(&loaded).map_err(|e| e.to_string())?;
         let gateway = runtime::start(settings).map_err(|e| e.to_string())?;
-        Ok(Self { gateway, backend, folder })
+        Ok(Self {
+            gateway,
+            backend,
+            folder,
+        })
     }
 
     /// The commands to try, each `curl ` line preceded by a `#` line saying what it shows.
@@ -64,14 +70,32 @@ impl Demo {
         let url = format!("https://localhost:{port}/hello");
         let base = format!("curl --silent --show-error --cacert {dir}/root-ca.pem");
         let mut text = String::new();
-        let _ = writeln!(text, "# a good device certificate: the echo backend answers with what it received");
-        let _ = writeln!(text, "{base} --cert {dir}/client.pem --key {dir}/client.key {url}");
-        let _ = writeln!(text, "# no client certificate: the handshake is refused (certificate_required)");
+        let _ = writeln!(
+            text,
+            "# a good device certificate: the echo backend answers with what it received"
+        );
+        let _ = writeln!(
+            text,
+            "{base} --cert {dir}/client.pem --key {dir}/client.key {url}"
+        );
+        let _ = writeln!(
+            text,
+            "# no client certificate: the handshake is refused (certificate_required)"
+        );
         let _ = writeln!(text, "{base} {url}");
-        let _ = writeln!(text, "# a revoked device certificate: refused (certificate_revoked)");
-        let _ = writeln!(text, "{base} --cert {dir}/revoked-client.pem --key {dir}/revoked-client.key {url}");
+        let _ = writeln!(
+            text,
+            "# a revoked device certificate: refused (certificate_revoked)"
+        );
+        let _ = writeln!(
+            text,
+            "{base} --cert {dir}/revoked-client.pem --key {dir}/revoked-client.key {url}"
+        );
         if let Some(admin) = self.gateway.admin {
-            let _ = writeln!(text, "# the gateway's counters, refusals by reason among them");
+            let _ = writeln!(
+                text,
+                "# the gateway's counters, refusals by reason among them"
+            );
             let _ = writeln!(text, "curl --silent http://{admin}/metrics");
         }
         text
@@ -95,7 +119,8 @@ impl DemoPki {
         let device_ca = root.intermediate("srrrs demo device CA");
         Self {
             server: root.issue(&CertRequest::server(&["localhost", "127.0.0.1", "::1"])),
-            client: device_ca.issue(&CertRequest::client("demo-device-1").uri("spiffe://demo.srrrs/device/1")),
+            client: device_ca
+                .issue(&CertRequest::client("demo-device-1").uri("spiffe://demo.srrrs/device/1")),
             revoked_client: device_ca.issue(&CertRequest::client("demo-device-revoked")),
             root,
             device_ca,
@@ -114,7 +139,10 @@ impl DemoPki {
             ("revoked-client.pem", self.revoked_client.chain_pem.clone()),
             ("revoked-client.key", self.revoked_client.key_pem.clone()),
             ("root-ca.crl.pem", self.root.crl(&[], week)),
-            ("device-ca.crl.pem", self.device_ca.crl(&[&self.revoked_client], week)),
+            (
+                "device-ca.crl.pem",
+                self.device_ca.crl(&[&self.revoked_client], week),
+            ),
         ];
         for (name, contents) in files {
             std::fs::write(dir.join(name), contents)?;

@@ -131,8 +131,16 @@ impl CertRequest {
             Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
             Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
         }];
-        let dns = self.dns_names.iter().filter_map(|n| n.clone().try_into().ok()).map(SanType::DnsName);
-        let uris = self.uris.iter().filter_map(|u| u.clone().try_into().ok()).map(SanType::URI);
+        let dns = self
+            .dns_names
+            .iter()
+            .filter_map(|n| n.clone().try_into().ok())
+            .map(SanType::DnsName);
+        let uris = self
+            .uris
+            .iter()
+            .filter_map(|u| u.clone().try_into().ok())
+            .map(SanType::URI);
         let ips = self.ips.iter().copied().map(SanType::IpAddress);
         params.subject_alt_names = dns.chain(uris).chain(ips).collect();
         params
@@ -197,7 +205,9 @@ impl Authority {
     pub fn issue(&self, request: &CertRequest) -> IssuedCert {
         let key = request.key.generate();
         let params = request.params();
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
         let cert_pem = cert.pem();
         IssuedCert {
             chain_pem: format!("{cert_pem}{}", self.intermediates_pem),

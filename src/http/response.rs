@@ -23,7 +23,11 @@ struct Body<'a> {
 impl GatewayResponse {
     /// 502: no backend could be reached.
     pub fn bad_gateway(description: impl Into<String>) -> Self {
-        Self { status: 502, error: "bad_gateway", description: description.into() }
+        Self {
+            status: 502,
+            error: "bad_gateway",
+            description: description.into(),
+        }
     }
 
     /// The reason phrase for the status line.
@@ -42,8 +46,11 @@ impl GatewayResponse {
 
     /// The full response, closing the connection after it.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let body = serde_json::to_string(&Body { error: self.error, error_description: &self.description })
-            .unwrap_or_default();
+        let body = serde_json::to_string(&Body {
+            error: self.error,
+            error_description: &self.description,
+        })
+        .unwrap_or_default();
         format!(
             "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
              cache-control: no-store\r\nconnection: close\r\n\r\n{body}",

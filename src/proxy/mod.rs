@@ -39,7 +39,12 @@ pub struct Worker {
 impl Worker {
     /// State for one worker.
     pub fn new(ingress: Arc<Ingress>, limits: LimitsConfig, metrics: Arc<WorkerMetrics>) -> Self {
-        Self { ingress, limits, metrics, next_backend: Cell::new(0) }
+        Self {
+            ingress,
+            limits,
+            metrics,
+            next_backend: Cell::new(0),
+        }
     }
 
     fn backend_turn(&self) -> usize {
@@ -65,7 +70,9 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
 
 async fn serve_connection(socket: TcpStream, worker: &Worker) {
     let _ = socket.set_nodelay(true);
-    let Some(mut session) = handshake(socket, worker).await else { return };
+    let Some(mut session) = handshake(socket, worker).await else {
+        return;
+    };
     let abort = Abort::new();
 
     let first = match first_bytes(&mut session.reader, worker, &abort).await {
@@ -88,10 +95,18 @@ async fn serve_connection(socket: TcpStream, worker: &Worker) {
         }
     };
 
-    let TlsSession { mut reader, mut writer, .. } = session;
+    let TlsSession {
+        mut reader,
+        mut writer,
+        ..
+    } = session;
     let idle = worker.limits.idle_timeout;
     let moved = relay::relay(&mut reader, &mut writer, backend, first, idle).await;
-    debug!(to_backend = moved.to_backend, to_client = moved.to_client, "connection finished");
+    debug!(
+        to_backend = moved.to_backend,
+        to_client = moved.to_client,
+        "connection finished"
+    );
     flush_pending_alert(&mut writer).await;
 }
 
@@ -132,7 +147,10 @@ fn record_session(session: &TlsSession) {
 /// Waits for the client's first plaintext, within the idle timeout.
 async fn first_bytes(reader: &mut TlsReader, worker: &Worker, abort: &Abort) -> Option<Vec<u8>> {
     let mut bytes = Vec::with_capacity(16 * 1024);
-    let read = monoio::time::timeout(worker.limits.idle_timeout, reader.read(&mut bytes, abort.handle()));
+    let read = monoio::time::timeout(
+        worker.limits.idle_timeout,
+        reader.read(&mut bytes, abort.handle()),
+    );
     match read.await {
         Ok(Ok(count)) if count > 0 => Some(bytes),
         Ok(Ok(_)) => {
@@ -152,10 +170,16 @@ async fn first_bytes(reader: &mut TlsReader, worker: &Worker, abort: &Abort) -> 
 
 /// Sends a gateway response, closes the TLS session, and lingers briefly so that a
 /// client still sending does not get a reset instead of the response.
-async fn respond_and_close(reader: &mut TlsReader, writer: &mut TlsWriter, response: &GatewayResponse) {
+async fn respond_and_close(
+    reader: &mut TlsReader,
+    writer: &mut TlsWriter,
+    response: &GatewayResponse,
+) {
     let abort = Abort::new();
     let sent = async {
-        writer.write_all(&response.to_bytes(), abort.handle()).await?;
+        writer
+            .write_all(&response.to_bytes(), abort.handle())
+            .await?;
         writer.close(abort.handle()).await
     };
     if monoio::time::timeout(LINGER, sent).await.is_err() {

@@ -35,7 +35,10 @@ impl Abort {
     pub fn new() -> Self {
         let canceller = Canceller::new();
         let handle = canceller.handle();
-        Self { canceller: RefCell::new(Some(canceller)), handle }
+        Self {
+            canceller: RefCell::new(Some(canceller)),
+            handle,
+        }
     }
 
     /// The handle each operation of this connection is started with.
@@ -77,7 +80,10 @@ pub async fn relay(
     pending: Vec<u8>,
     idle: Duration,
 ) -> Transferred {
-    let shared = Shared { abort: Abort::new(), last_activity: Cell::new(Instant::now()) };
+    let shared = Shared {
+        abort: Abort::new(),
+        last_activity: Cell::new(Instant::now()),
+    };
     let (backend_reader, backend_writer) = backend;
     let both = async {
         monoio::join!(

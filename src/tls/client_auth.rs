@@ -72,7 +72,9 @@ impl ClientCertVerifier for DeviceVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verdict = self.inner.verify_client_cert(end_entity, intermediates, now);
+        let verdict = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now);
         if let Err(error) = &verdict {
             debug!(
                 reason = HandshakeRefusal::from_tls_error(error).label(),

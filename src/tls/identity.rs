@@ -40,10 +40,12 @@ impl ClientIdentity {
 /// SHA-256 of `der`, lowercase hex: how a certificate is named in logs.
 pub fn fingerprint(der: &[u8]) -> String {
     let hash = digest::digest(&digest::SHA256, der);
-    hash.as_ref().iter().fold(String::with_capacity(64), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    hash.as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut out, byte| {
+            let _ = write!(out, "{byte:02x}");
+            out
+        })
 }
 
 /// The subject distinguished name of a certificate, or a placeholder when it does not parse.
@@ -58,7 +60,12 @@ fn subject_alt_names(cert: &X509Certificate<'_>) -> Vec<String> {
     let Ok(Some(extension)) = cert.subject_alternative_name() else {
         return Vec::new();
     };
-    extension.value.general_names.iter().filter_map(describe_name).collect()
+    extension
+        .value
+        .general_names
+        .iter()
+        .filter_map(describe_name)
+        .collect()
 }
 
 fn describe_name(name: &GeneralName<'_>) -> Option<String> {

@@ -63,7 +63,10 @@ impl HandshakeRefusal {
 
     /// Position in [`Self::ALL`], for per-reason counters.
     pub fn index(self) -> usize {
-        Self::ALL.iter().position(|reason| *reason == self).unwrap_or(0)
+        Self::ALL
+            .iter()
+            .position(|reason| *reason == self)
+            .unwrap_or(0)
     }
 
     /// Classifies an error rustls reported for a server handshake.
@@ -102,8 +105,9 @@ mod tests {
     fn labels_are_unique_and_indexes_match_positions() {
         for (position, reason) in HandshakeRefusal::ALL.iter().enumerate() {
             assert_eq!(reason.index(), position);
-            let same_label =
-                HandshakeRefusal::ALL.iter().filter(|other| other.label() == reason.label());
+            let same_label = HandshakeRefusal::ALL
+                .iter()
+                .filter(|other| other.label() == reason.label());
             assert_eq!(same_label.count(), 1);
         }
     }
@@ -111,9 +115,15 @@ mod tests {
     #[test]
     fn certificate_errors_map_to_the_alert_they_send() {
         let revoked = Error::InvalidCertificate(CertificateError::Revoked);
-        assert_eq!(HandshakeRefusal::from_tls_error(&revoked), HandshakeRefusal::CertificateRevoked);
+        assert_eq!(
+            HandshakeRefusal::from_tls_error(&revoked),
+            HandshakeRefusal::CertificateRevoked
+        );
         let unknown = Error::InvalidCertificate(CertificateError::UnknownIssuer);
-        assert_eq!(HandshakeRefusal::from_tls_error(&unknown), HandshakeRefusal::UnknownCa);
+        assert_eq!(
+            HandshakeRefusal::from_tls_error(&unknown),
+            HandshakeRefusal::UnknownCa
+        );
         let status = CertificateError::UnknownRevocationStatus;
         assert_eq!(
             HandshakeRefusal::from_certificate_error(&status),

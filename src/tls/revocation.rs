@@ -39,9 +39,8 @@ impl RevocationSet {
     /// Adds every CRL in `path`. A CRL that does not parse is an error naming the file.
     pub fn load_file(&mut self, path: &Path) -> Result<(), String> {
         for crl in pem::revocation_lists(path)? {
-            let summary = summarize(&crl).ok_or_else(|| {
-                format!("{}: not a valid X.509 CRL", path.display())
-            })?;
+            let summary = summarize(&crl)
+                .ok_or_else(|| format!("{}: not a valid X.509 CRL", path.display()))?;
             self.crls.push(crl);
             self.summaries.push(summary);
         }

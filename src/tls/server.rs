@@ -68,14 +68,13 @@ impl TlsPolicy {
         let (roots, client_ca_subjects) = client_roots(loaded, problems);
         let revocation = revocation_set(loaded, problems);
         let policy = &ingress.transport_security;
-        let verifier =
-            match client_auth::verifier(policy, roots, &revocation, provider.clone()) {
-                Ok(verifier) => Some(verifier),
-                Err(error) => {
-                    problems.push("ingress.transport_security", error);
-                    None
-                }
-            };
+        let verifier = match client_auth::verifier(policy, roots, &revocation, provider.clone()) {
+            Ok(verifier) => Some(verifier),
+            Err(error) => {
+                problems.push("ingress.transport_security", error);
+                None
+            }
+        };
         let (key, verifier) = (key?, verifier?);
 
         let versions = protocol_versions(ingress.server_tls.min_version);
@@ -168,7 +167,11 @@ fn client_roots(loaded: &LoadedConfig, problems: &mut Problems) -> (RootCertStor
         problems.push("ingress.transport_security.client_ca_cert", message);
     }
     for (index, file) in files.iter().enumerate() {
-        let field = list_field("ingress.transport_security.client_ca_cert", index, files.len());
+        let field = list_field(
+            "ingress.transport_security.client_ca_cert",
+            index,
+            files.len(),
+        );
         let certs = match pem::certificates(&loaded.resolve(file)) {
             Ok(certs) => certs,
             Err(error) => {
@@ -179,7 +182,10 @@ fn client_roots(loaded: &LoadedConfig, problems: &mut Problems) -> (RootCertStor
         for cert in certs {
             subjects.push(identity::subject_of(&cert));
             if let Err(error) = roots.add(cert) {
-                problems.push(&field, format!("{}: not a usable CA: {error}", file.display()));
+                problems.push(
+                    &field,
+                    format!("{}: not a usable CA: {error}", file.display()),
+                );
             }
         }
     }
@@ -236,7 +242,9 @@ fn list_field(field: &str, index: usize, count: usize) -> String {
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
 }
 
 /// An RFC 3339 rendering of a Unix time, or `none`.

@@ -63,9 +63,15 @@ pub struct TlsSession {
 /// Runs a server handshake on `socket` under `policy`. On failure the alert rustls chose
 /// (or `unrecognized_name`) has been sent.
 pub async fn accept(socket: TcpStream, policy: &TlsPolicy) -> Result<TlsSession, HandshakeFailure> {
-    let mut handshake = Handshake { socket, input: Vec::with_capacity(READ_CHUNK), sni: None };
+    let mut handshake = Handshake {
+        socket,
+        input: Vec::with_capacity(READ_CHUNK),
+        sni: None,
+    };
     let accepted = handshake.read_client_hello().await?;
-    handshake.check_sni(&accepted.client_hello(), policy).await?;
+    handshake
+        .check_sni(&accepted.client_hello(), policy)
+        .await?;
     let connection = match accepted.into_connection(policy.server_config.clone()) {
         Ok(connection) => connection,
         Err((error, mut alert)) => {
@@ -91,7 +97,9 @@ impl Handshake {
             self.read_some().await?;
             let mut input = &self.input[..];
             while !input.is_empty() {
-                acceptor.read_tls(&mut input).map_err(|e| self.io_failure(e))?;
+                acceptor
+                    .read_tls(&mut input)
+                    .map_err(|e| self.io_failure(e))?;
             }
             match acceptor.accept() {
                 Ok(Some(accepted)) => return Ok(accepted),
@@ -123,7 +131,10 @@ impl Handshake {
         })
     }
 
-    async fn complete(mut self, mut conn: ServerConnection) -> Result<TlsSession, HandshakeFailure> {
+    async fn complete(
+        mut self,
+        mut conn: ServerConnection,
+    ) -> Result<TlsSession, HandshakeFailure> {
         loop {
             self.flush(&mut conn).await?;
             if !conn.is_handshaking() {
@@ -141,9 +152,10 @@ impl Handshake {
         let facts = HandshakeFacts {
             sni: self.sni.take(),
             version: conn.protocol_version(),
-            client: conn.peer_certificates().and_then(|chain| chain.first()).and_then(
-                |leaf| ClientIdentity::from_der(leaf.as_ref()),
-            ),
+            client: conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref())),
         };
         Ok(split(self.socket, conn, facts))
     }
@@ -167,7 +179,8 @@ impl Handshake {
     async fn flush(&mut self, conn: &mut ServerConnection) -> Result<(), HandshakeFailure> {
         while conn.wants_write() {
             let mut out = Vec::new();
-            conn.write_tls(&mut out).map_err(|error| self.io_failure(error))?;
+            conn.write_tls(&mut out)
+                .map_err(|error| self.io_failure(error))?;
             let (result, _) = self.socket.write_all(out).await;
             result.map_err(|error| self.io_failure(error))?;
         }
@@ -180,7 +193,11 @@ impl Handshake {
     }
 
     fn failure(&self, reason: HandshakeRefusal, error: impl ToString) -> HandshakeFailure {
-        HandshakeFailure { reason, detail: error.to_string(), sni: self.sni.clone() }
+        HandshakeFailure {
+            reason,
+            detail: error.to_string(),
+            sni: self.sni.clone(),
+        }
     }
 
     fn io_failure(&self, error: io::Error) -> HandshakeFailure {
@@ -209,7 +226,11 @@ fn split(socket: TcpStream, conn: ServerConnection, facts: HandshakeFacts) -> Tl
             input: Vec::with_capacity(READ_CHUNK),
             consumed: 0,
         },
-        writer: TlsWriter { socket: write_half, conn: shared, output: Vec::new() },
+        writer: TlsWriter {
+            socket: write_half,
+            conn: shared,
+            output: Vec::new(),
+        },
         facts,
     }
 }
@@ -261,10 +282,14 @@ impl TlsReader {
         let before = pending.len();
         conn.read_tls(&mut pending)?;
         if pending.len() == before {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS input not accepted"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "TLS input not accepted",
+            ));
         }
         self.consumed += before - pending.len();
-        conn.process_new_packets().map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
+        conn.process_new_packets()
+            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))?;
         Ok(())
     }
 

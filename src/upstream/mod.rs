@@ -9,8 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use monoio::io::{
-    AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, OwnedReadHalf, OwnedWriteHalf,
-    Splitable,
+    AsyncWriteRent, CancelHandle, CancelableAsyncReadRent, OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
@@ -50,7 +49,10 @@ impl Backend {
             if !path.starts_with('/') {
                 return Err(format!("{spec:?}: a Unix socket path must be absolute"));
             }
-            return Ok(Self { name: spec.to_owned(), address: BackendAddress::Unix(path.into()) });
+            return Ok(Self {
+                name: spec.to_owned(),
+                address: BackendAddress::Unix(path.into()),
+            });
         }
         let addrs: Vec<SocketAddr> = spec
             .to_socket_addrs()
@@ -59,7 +61,10 @@ impl Backend {
         if addrs.is_empty() {
             return Err(format!("{spec:?}: the name resolves to no address"));
         }
-        Ok(Self { name: spec.to_owned(), address: BackendAddress::Tcp(addrs) })
+        Ok(Self {
+            name: spec.to_owned(),
+            address: BackendAddress::Tcp(addrs),
+        })
     }
 
     async fn connect(&self, timeout: Duration) -> io::Result<BackendStream> {
@@ -104,7 +109,10 @@ impl BackendPool {
     pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Option<Self> {
         let upstream = &loaded.config.ingress.upstream;
         if upstream.backends.is_empty() {
-            problems.push("ingress.upstream.backends", "at least one backend is required");
+            problems.push(
+                "ingress.upstream.backends",
+                "at least one backend is required",
+            );
         }
         let mut backends = Vec::new();
         for (index, spec) in upstream.backends.iter().enumerate() {
@@ -114,7 +122,10 @@ impl BackendPool {
             }
         }
         let complete = !backends.is_empty() && backends.len() == upstream.backends.len();
-        complete.then_some(Self { backends, connect_timeout: upstream.connect_timeout })
+        complete.then_some(Self {
+            backends,
+            connect_timeout: upstream.connect_timeout,
+        })
     }
 
     /// The backends, in configured order.
@@ -187,7 +198,11 @@ pub enum BackendReader {
 
 impl BackendReader {
     /// Reads into `buffer` from its start; `Ok(0)` is the backend's end of stream.
-    pub async fn read(&mut self, buffer: Vec<u8>, cancel: &CancelHandle) -> BufResult<usize, Vec<u8>> {
+    pub async fn read(
+        &mut self,
+        buffer: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> BufResult<usize, Vec<u8>> {
         match self {
             Self::Tcp(half) => half.cancelable_read(buffer, cancel.clone()).await,
             Self::Unix(half) => half.cancelable_read(buffer, cancel.clone()).await,
@@ -205,7 +220,11 @@ pub enum BackendWriter {
 
 impl BackendWriter {
     /// Sends all of `buffer`, which comes back either way.
-    pub async fn send_all(&mut self, buffer: Vec<u8>, cancel: &CancelHandle) -> (io::Result<()>, Vec<u8>) {
+    pub async fn send_all(
+        &mut self,
+        buffer: Vec<u8>,
+        cancel: &CancelHandle,
+    ) -> (io::Result<()>, Vec<u8>) {
         match self {
             Self::Tcp(half) => socket::send_all(half, buffer, cancel).await,
             Self::Unix(half) => socket::send_all(half, buffer, cancel).await,
@@ -228,10 +247,15 @@ mod tests {
     #[test]
     fn backend_specs_parse_or_say_why_not() {
         let tcp = Backend::parse("127.0.0.1:8080").expect("tcp");
-        assert_eq!(tcp.address, BackendAddress::Tcp(vec!["127.0.0.1:8080".parse().unwrap()]));
+        assert_eq!(
+            tcp.address,
+            BackendAddress::Tcp(vec!["127.0.0.1:8080".parse().unwrap()])
+        );
         let unix = Backend::parse("unix:/run/app.sock").expect("unix");
         assert_eq!(unix.address, BackendAddress::Unix("/run/app.sock".into()));
-        assert!(Backend::parse("unix:relative.sock").unwrap_err().contains("absolute"));
+        assert!(Backend::parse("unix:relative.sock")
+            .unwrap_err()
+            .contains("absolute"));
         assert!(Backend::parse("no-port").unwrap_err().contains("host:port"));
     }
 }

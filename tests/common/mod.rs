@@ -1,0 +1,554 @@
+//! What the integration tests share: a PKI made at test time, the real gateway binary
+//! started with a generated config, real TLS clients (rustls and curl), and backends
+//! (the echo backend in this process, nginx started from its Debian package).
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use srrrs_edge::demo::echo::EchoBackend;
+use srrrs_edge::demo::pki::{Authority, CertRequest, IssuedCert};
+use tempfile::TempDir;
+use time::{Duration as Span, OffsetDateTime};
+
+/// The I/O driver a test runs the gateway on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+impl Driver {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Self::IoUring => "io_uring",
+            Self::Epoll => "epoll",
+        }
+    }
+}
+
+/// Generates one test per listed scenario and driver: `io_uring::name` and `epoll::name`.
+#[macro_export]
+macro_rules! on_both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod io_uring {
+            $( #[test] fn $name() { super::$name($crate::common::Driver::IoUring) } )*
+        }
+        mod epoll {
+            $( #[test] fn $name() { super::$name($crate::common::Driver::Epoll) } )*
+        }
+    };
+}
+
+/// The test PKI: a server CA, a device root with an intermediate, and devices in every
+/// state a test needs. Files are written under `dir`.
+pub struct TestPki {
+    pub dir: TempDir,
+    pub server_root: Authority,
+    pub device_root: Authority,
+    pub device_ca: Authority,
+    pub other_root: Authority,
+    pub good: IssuedCert,
+    pub revoked: IssuedCert,
+    pub expired: IssuedCert,
+    pub untrusted: IssuedCert,
+    pub second_ca_client: IssuedCert,
+    pub second_root: Authority,
+}
+
+impl TestPki {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("srrrs-test-")
+            .tempdir()
+            .expect("temp dir");
+        let server_root = Authority::root("test server root");
+        let device_root = Authority::root("test device root");
+        let device_ca = device_root.intermediate("test device CA");
+        let other_root = Authority::root("untrusted root");
+        let second_root = Authority::root("second device root");
+        let now = OffsetDateTime::now_utc();
+        let pki = Self {
+            good: device_ca.issue(&CertRequest::client("device-good")),
+            revoked: device_ca.issue(&CertRequest::client("device-revoked")),
+            expired: device_ca.issue(
+                &CertRequest::client("device-expired")
+                    .valid(now - Span::days(30), now - Span::days(1)),
+            ),
+            untrusted: other_root
+                .intermediate("untrusted CA")
+                .issue(&CertRequest::client("intruder")),
+            second_ca_client: second_root.issue(&CertRequest::client("device-second-ca")),
+            dir,
+            server_root,
+            device_root,
+            device_ca,
+            other_root,
+            second_root,
+        };
+        pki.write_defaults();
+        pki
+    }
+
+    fn write_defaults(&self) {
+        let week = Span::days(7);
+        let server = self
+            .server_root
+            .issue(&CertRequest::server(&["localhost", "127.0.0.1"]));
+        self.write("server.pem", &server.chain_pem);
+        self.write("server.key", &server.key_pem);
+        self.write("server-root.pem", &self.server_root.cert_pem);
+        self.write("device-root.pem", &self.device_root.cert_pem);
+        self.write("second-root.pem", &self.second_root.cert_pem);
+        self.write("device-root.crl", &self.device_root.crl(&[], week));
+        self.write("device-ca.crl", &self.device_ca.crl(&[&self.revoked], week));
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path(name);
+        std::fs::write(&path, contents).expect("write test file");
+        path
+    }
+
+    /// Writes a client's chain and key and returns their paths, for curl.
+    pub fn client_files(&self, name: &str, cert: &IssuedCert) -> (PathBuf, PathBuf) {
+        (
+            self.write(&format!("{name}.pem"), &cert.chain_pem),
+            self.write(&format!("{name}.key"), &cert.key_pem),
+        )
+    }
+
+    /// An mTLS config: CRLs required, the default test files, the given backends.
+    pub fn mtls_config(&self, port: u16, backends: &[String]) -> String {
+        format!(
+            "listen: [\"127.0.0.1:{port}\"]
+runtime: {{workers: 2}}
+ingress:
+  hostname: localhost
+  server_tls: {{cert_chain: server.pem, private_key: server.key}}
+  transport_security:
+    mode: mtls
+    client_ca_cert: device-root.pem
+    require_crl_check: true
+    crl_files: [device-root.crl, device-ca.crl]
+  upstream:
+    backends: {}
+",
+            yaml_list(backends)
+        )
+    }
+}
+
+pub fn yaml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|item| format!("{item:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The echo backend on a fresh loopback port.
+pub fn echo_backend() -> (EchoBackend, String) {
+    let (backend, addr) =
+        EchoBackend::start_tcp(SocketAddr::from(([127, 0, 0, 1], 0))).expect("echo");
+    (backend, addr.to_string())
+}
+
+pub fn gateway_binary() -> &'static str {
+    env!("CARGO_BIN_EXE_srrrs-edge")
+}
+
+/// The real gateway binary, running a config written to the PKI folder.
+pub struct Gateway {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway on `config` (listening on `port`) and waits until it accepts.
+    pub fn start(dir: &Path, config: &str, port: u16, driver: Driver) -> Self {
+        Self::start_with_admin(dir, config, port, None, driver)
+    }
+
+    /// As [`Self::start`], with the admin listener on `admin_port`.
+    pub fn start_with_admin(
+        dir: &Path,
+        config: &str,
+        port: u16,
+        admin_port: Option<u16>,
+        driver: Driver,
+    ) -> Self {
+        let mut config = config.to_owned();
+        if let Some(admin) = admin_port {
+            config.push_str(&format!("admin: {{listen: \"127.0.0.1:{admin}\"}}\n"));
+        }
+        let name = format!("edge-{port}");
+        let config_path = dir.join(format!("{name}.yaml"));
+        std::fs::write(&config_path, &config).expect("write config");
+        let log = dir.join(format!("{name}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(gateway_binary())
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .args(["--io-driver", driver.flag()])
+            .env("RUST_LOG", "info,srrrs_edge=debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start gateway");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut gateway = Self {
+            child,
+            addr,
+            admin: admin_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
+            log,
+        };
+        gateway.wait_until_accepting();
+        gateway
+    }
+
+    fn wait_until_accepting(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("gateway exited with {status}:\n{}", self.log_text());
+            }
+            let tls_up = TcpStream::connect(self.addr).is_ok();
+            let admin_up = self
+                .admin
+                .is_none_or(|admin| TcpStream::connect(admin).is_ok());
+            if tls_up && admin_up {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("gateway did not start:\n{}", self.log_text());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The admin `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let admin = self.admin.expect("gateway started without admin");
+        http_get_plain(admin, "/metrics")
+    }
+
+    /// The value of one sample line of `/metrics`, such as
+    /// `srrrs_tls_handshake_failures_total{reason="unknown_ca"}`.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics();
+        text.lines()
+            .find_map(|line| {
+                line.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no sample {sample} in:\n{text}"))
+    }
+
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain-HTTP GET, the whole response as text.
+pub fn http_get_plain(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect admin");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .expect("read admin response");
+    text
+}
+
+/// How a rustls test client connects.
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<ClientConfig>,
+    server_name: ServerName<'static>,
+}
+
+impl Client {
+    /// Trusts the test server root; presents `cert` when given.
+    pub fn new(pki: &TestPki, cert: Option<&IssuedCert>) -> Self {
+        Self::with_versions(
+            pki,
+            cert,
+            &[&rustls::version::TLS13, &rustls::version::TLS12],
+        )
+    }
+
+    pub fn with_versions(
+        pki: &TestPki,
+        cert: Option<&IssuedCert>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Self {
+        Self::for_server(&pki.server_root, cert, versions, "localhost")
+    }
+
+    pub fn for_server(
+        server_root: &Authority,
+        cert: Option<&IssuedCert>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        server_name: &str,
+    ) -> Self {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = RootCertStore::empty();
+        roots.add(server_root.der.clone()).expect("root");
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .expect("versions")
+            .with_root_certificates(roots);
+        let mut config = match cert {
+            Some(cert) => {
+                let chain: Vec<CertificateDer<'static>> =
+                    CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes())
+                        .collect::<Result<_, _>>()
+                        .expect("chain");
+                let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key");
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .expect("client auth")
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Self {
+            config: Arc::new(config),
+            server_name: ServerName::try_from(server_name.to_owned()).expect("name"),
+        }
+    }
+
+    /// Connects and completes the handshake (TLS 1.3 clients finish before the server
+    /// has checked their certificate, so a refusal may surface only on the first read).
+    pub fn connect(&self, addr: SocketAddr) -> Result<TlsStream, rustls::Error> {
+        let tcp = TcpStream::connect(addr).map_err(|e| rustls::Error::General(e.to_string()))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let conn = ClientConnection::new(self.config.clone(), self.server_name.clone())?;
+        let mut stream = StreamOwned::new(conn, tcp);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(tls_error)?;
+        }
+        Ok(stream)
+    }
+
+    /// One `GET path` with `Connection: close`; the whole response, or the TLS error.
+    pub fn get(&self, addr: SocketAddr, path: &str) -> Result<String, rustls::Error> {
+        let mut stream = self.connect(addr)?;
+        send_request(&mut stream, path, &[("connection", "close")]).map_err(tls_error)?;
+        read_to_end(&mut stream)
+    }
+
+    /// The negotiated version of a fresh connection.
+    pub fn version(&self, addr: SocketAddr) -> Option<rustls::ProtocolVersion> {
+        self.connect(addr)
+            .ok()
+            .and_then(|s| s.conn.protocol_version())
+    }
+}
+
+pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+pub fn send_request(
+    stream: &mut TlsStream,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> io::Result<()> {
+    let mut head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.flush()
+}
+
+/// Reads until the server closes; a TLS alert becomes the error.
+pub fn read_to_end(stream: &mut TlsStream) -> Result<String, rustls::Error> {
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => Ok(String::from_utf8_lossy(&bytes).into_owned()),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof && !bytes.is_empty() => {
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        }
+        Err(error) => Err(tls_error(error)),
+    }
+}
+
+fn tls_error(error: io::Error) -> rustls::Error {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => tls.clone(),
+        None => rustls::Error::General(error.to_string()),
+    }
+}
+
+/// The alert a refused connection ended with.
+pub fn alert_of(result: Result<String, rustls::Error>) -> rustls::AlertDescription {
+    match result {
+        Err(rustls::Error::AlertReceived(alert)) => alert,
+        other => panic!("expected a TLS alert, got {other:?}"),
+    }
+}
+
+/// Runs curl with `args` against `url`.
+pub fn curl(args: &[&str], url: &str) -> Output {
+    Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "10"])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl is installed")
+}
+
+/// curl with the test server root and, when given, a client certificate.
+pub fn curl_mtls(
+    pki: &TestPki,
+    client: Option<(&Path, &Path)>,
+    url: &str,
+    extra: &[&str],
+) -> Output {
+    let ca = pki.path("server-root.pem");
+    let mut args: Vec<String> = vec!["--cacert".into(), ca.display().to_string()];
+    if let Some((cert, key)) = client {
+        args.extend([
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&args, url)
+}
+
+/// nginx from the Debian package, serving on a loopback port until dropped.
+pub struct Nginx {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let root = dir.join(format!("nginx-{port}"));
+        std::fs::create_dir_all(root.join("tmp")).expect("nginx dir");
+        let config = format!(
+            "daemon off;
+master_process off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+  access_log {root}/access.log;
+  client_body_temp_path {root}/tmp/body;
+  proxy_temp_path {root}/tmp/proxy;
+  fastcgi_temp_path {root}/tmp/fastcgi;
+  uwsgi_temp_path {root}/tmp/uwsgi;
+  scgi_temp_path {root}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ return 200 \"nginx saw $request_method $request_uri\\n\"; }}
+  }}
+}}
+",
+            root = root.display()
+        );
+        let config_path = root.join("nginx.conf");
+        std::fs::write(&config_path, config).expect("nginx config");
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx is installed (apt-get install nginx-light)");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&config_path)
+            .arg("-p")
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nginx");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child, addr }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `condition` for up to `limit`.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,63 @@
+//! The gateway gives back what connections took: after many sequential and concurrent
+//! connections, its open file descriptors and threads are where they started.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+on_both_drivers!(fds_and_threads_return_to_baseline_after_many_connections);
+
+fn fds_and_threads_return_to_baseline_after_many_connections(driver: Driver) {
+    let pki = TestPki::new();
+    let (backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let gateway = Gateway::start(
+        pki.dir.path(),
+        &pki.mtls_config(port, &[backend_addr]),
+        port,
+        driver,
+    );
+    let (fds, threads) = (gateway.open_fds(), gateway.threads());
+
+    let client = Client::new(&pki, Some(&pki.good));
+    for _ in 0..1000 {
+        let response = client.get(gateway.addr, "/sequential").expect("admitted");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+
+    let concurrent: Vec<_> = (0..200)
+        .map(|index| {
+            let client = client.clone();
+            let addr = gateway.addr;
+            std::thread::spawn(move || {
+                // Half finish a request, half hang up right after the handshake.
+                let mut stream = client.connect(addr).expect("handshake");
+                if index % 2 == 0 {
+                    send_request(&mut stream, "/concurrent", &[("connection", "close")])
+                        .expect("send");
+                    read_to_end(&mut stream).expect("response")
+                } else {
+                    String::new()
+                }
+            })
+        })
+        .collect();
+    for handle in concurrent {
+        handle.join().expect("client thread");
+    }
+    assert_eq!(backend.received().len(), 1100);
+
+    let settled = eventually(Duration::from_secs(10), || {
+        gateway.open_fds() == fds && gateway.threads() == threads
+    });
+    assert!(
+        settled,
+        "fds {} -> {}, threads {} -> {}",
+        fds,
+        gateway.open_fds(),
+        threads,
+        gateway.threads()
+    );
+}
