@@ -13,12 +13,12 @@ fn fds_and_threads_return_to_baseline_after_many_connections(driver: Driver) {
     let pki = TestPki::new();
     let (backend, backend_addr) = echo_backend();
     let port = free_port();
-    let gateway = Gateway::start(
-        pki.dir.path(),
-        &pki.mtls_config(port, &[backend_addr]),
-        port,
-        driver,
-    );
+    let config = pki.mtls_config(port, &[backend_addr]);
+    let gateway =
+        Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
+    // The start-up probe's connection must be gone before the baseline is taken.
+    let idle = || gateway.metric("srrrs_connections_open") == 0.0;
+    assert!(eventually(Duration::from_secs(10), idle));
     let (fds, threads) = (gateway.open_fds(), gateway.threads());
 
     let client = Client::new(&pki, Some(&pki.good));
@@ -50,7 +50,7 @@ fn fds_and_threads_return_to_baseline_after_many_connections(driver: Driver) {
     assert_eq!(backend.received().len(), 1100);
 
     let settled = eventually(Duration::from_secs(10), || {
-        gateway.open_fds() == fds && gateway.threads() == threads
+        idle() && gateway.open_fds() == fds && gateway.threads() == threads
     });
     assert!(
         settled,
