@@ -11,9 +11,21 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::auth::AuthRefusal;
 use crate::tls::HandshakeRefusal;
 
 const REFUSAL_KINDS: usize = HandshakeRefusal::ALL.len();
+
+/// The statuses the gateway answers with itself.
+const GATEWAY_STATUSES: [u16; 7] = [400, 401, 403, 431, 502, 503, 504];
+
+/// Token refusal reasons, as labelled.
+const AUTH_REASONS: [&str; 4] = [
+    "missing_token",
+    "invalid_request",
+    "invalid_token",
+    "insufficient_scope",
+];
 
 /// The counters of one worker. Aligned to keep two workers' counters off one cache line.
 #[derive(Debug, Default)]
@@ -25,7 +37,9 @@ pub struct WorkerMetrics {
     handshakes_tls13: AtomicU64,
     handshake_refusals: [AtomicU64; REFUSAL_KINDS],
     backend_connect_failures: AtomicU64,
-    gateway_responses_502: AtomicU64,
+    gateway_responses: [AtomicU64; GATEWAY_STATUSES.len()],
+    requests_forwarded: AtomicU64,
+    auth_refusals: [AtomicU64; AUTH_REASONS.len()],
 }
 
 impl WorkerMetrics {
@@ -56,7 +70,28 @@ impl WorkerMetrics {
     /// Every backend was tried and none accepted a connection.
     pub fn backend_unreachable(&self) {
         bump(&self.backend_connect_failures);
-        bump(&self.gateway_responses_502);
+    }
+
+    /// The gateway answered a request itself with `status`.
+    pub fn gateway_response(&self, status: u16) {
+        if let Some(index) = GATEWAY_STATUSES.iter().position(|s| *s == status) {
+            bump(&self.gateway_responses[index]);
+        }
+    }
+
+    /// A request was authorized and forwarded.
+    pub fn request_forwarded(&self) {
+        bump(&self.requests_forwarded);
+    }
+
+    /// A request's token was refused.
+    pub fn auth_refused(&self, refusal: &AuthRefusal) {
+        if let Some(index) = AUTH_REASONS
+            .iter()
+            .position(|label| *label == refusal.label())
+        {
+            bump(&self.auth_refusals[index]);
+        }
     }
 }
 
@@ -173,8 +208,32 @@ impl Collector for Metrics {
             None,
             MetricType::Counter,
         )?;
-        let value = self.sum(|w| read(&w.gateway_responses_502));
-        ConstCounter::new(value).encode(responses.encode_family(&[("status", "502")])?)?;
+        for (index, status) in GATEWAY_STATUSES.iter().enumerate() {
+            let value = self.sum(|w| read(&w.gateway_responses[index]));
+            let status = status.to_string();
+            let labels = [("status", status.as_str())];
+            ConstCounter::new(value).encode(responses.encode_family(&labels)?)?;
+        }
+
+        let mut refusals = encoder.encode_descriptor(
+            "auth_failures",
+            "Requests refused by the token check, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (index, reason) in AUTH_REASONS.iter().enumerate() {
+            let value = self.sum(|w| read(&w.auth_refusals[index]));
+            ConstCounter::new(value).encode(refusals.encode_family(&[("reason", *reason)])?)?;
+        }
+
+        let forwarded = self.sum(|w| read(&w.requests_forwarded));
+        let metric = encoder.encode_descriptor(
+            "requests_forwarded",
+            "Requests authorized and forwarded to a backend",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(forwarded).encode(metric)?;
 
         let driver = self
             .io_driver

@@ -24,7 +24,7 @@ use crate::{admin, socket};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Everything the configuration file says, loaded and checked.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Settings {
     /// Addresses to accept TLS on.
     pub listen: Vec<SocketAddr>,
@@ -162,6 +162,11 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         None => None,
     };
 
+    if let Some(authorizer) = &settings.ingress.auth {
+        authorizer
+            .start_refreshing()
+            .map_err(|error| StartError::Runtime(error.to_string()))?;
+    }
     let ingress = Arc::new(settings.ingress);
     let cpus = if settings.pin_workers {
         core_affinity::get_core_ids().unwrap_or_default()

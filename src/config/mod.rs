@@ -110,6 +110,11 @@ impl Problems {
         self.items.push(Problem::new(path, line, message.into()));
     }
 
+    /// How many problems have been found.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
     /// Whether nothing has been found.
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()

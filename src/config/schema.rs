@@ -77,6 +77,13 @@ pub struct LimitsConfig {
     /// Default `60s`.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// The largest request head (request line and headers) accepted; larger ones get
+    /// 431. Default `16384` bytes.
+    #[serde(default = "default_max_head_bytes")]
+    pub max_head_bytes: usize,
+    /// The most header fields a request may have; more get 431. Default `100`.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -84,8 +91,18 @@ impl Default for LimitsConfig {
         Self {
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
+            max_head_bytes: default_max_head_bytes(),
+            max_headers: default_max_headers(),
         }
     }
+}
+
+fn default_max_head_bytes() -> usize {
+    16 * 1024
+}
+
+fn default_max_headers() -> usize {
+    100
 }
 
 fn default_handshake_timeout() -> Duration {
@@ -119,8 +136,70 @@ pub struct IngressConfig {
     /// How users prove themselves on each request. Default: no per-request check.
     #[serde(default)]
     pub application_auth: Option<ApplicationAuthConfig>,
+    /// The headers that tell backends who the device and the user are. Default: see
+    /// [`IdentityHeadersConfig`].
+    #[serde(default)]
+    pub identity_headers: IdentityHeadersConfig,
     /// Where authorized traffic goes.
     pub upstream: UpstreamConfig,
+}
+
+/// Names of the headers the gateway sets on forwarded requests. Copies a client sends
+/// are always removed first. An empty name turns that header off.
+#[derive(Debug, Clone, Deserialize)]
+pub struct IdentityHeadersConfig {
+    /// The client certificate's subject. Default `x-client-cert-subject`.
+    #[serde(default = "default_cert_subject_header")]
+    pub cert_subject: String,
+    /// The client certificate's subject alternative names, comma-separated.
+    /// Default `x-client-cert-sans`.
+    #[serde(default = "default_cert_sans_header")]
+    pub cert_sans: String,
+    /// SHA-256 of the client certificate, hex. Default `x-client-cert-sha256`.
+    #[serde(default = "default_cert_fingerprint_header")]
+    pub cert_fingerprint: String,
+    /// The token's `sub`. Default `x-auth-subject`.
+    #[serde(default = "default_token_subject_header")]
+    pub token_subject: String,
+    /// The token's `iss`. Default `x-auth-issuer`.
+    #[serde(default = "default_token_issuer_header")]
+    pub token_issuer: String,
+    /// More claims to pass on: claim path to header name. Default: none.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+impl Default for IdentityHeadersConfig {
+    fn default() -> Self {
+        Self {
+            cert_subject: default_cert_subject_header(),
+            cert_sans: default_cert_sans_header(),
+            cert_fingerprint: default_cert_fingerprint_header(),
+            token_subject: default_token_subject_header(),
+            token_issuer: default_token_issuer_header(),
+            claims: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_cert_subject_header() -> String {
+    "x-client-cert-subject".into()
+}
+
+fn default_cert_sans_header() -> String {
+    "x-client-cert-sans".into()
+}
+
+fn default_cert_fingerprint_header() -> String {
+    "x-client-cert-sha256".into()
+}
+
+fn default_token_subject_header() -> String {
+    "x-auth-subject".into()
+}
+
+fn default_token_issuer_header() -> String {
+    "x-auth-issuer".into()
 }
 
 /// The server certificate and protocol versions.
@@ -224,7 +303,8 @@ pub struct ApplicationAuthConfig {
     /// The audience that `aud` must be or contain. Required for `jwt`.
     #[serde(default)]
     pub audience: Option<String>,
-    /// Claims a token must carry, by name, with the value each must equal.
+    /// Claims a token must carry: claim path (see the README) to the value it must
+    /// equal, or contain when the claim is an array. Default: none.
     #[serde(default)]
     pub required_claims: BTreeMap<String, serde_json::Value>,
     /// A local JWKS file with the IdP's public keys.
@@ -236,6 +316,72 @@ pub struct ApplicationAuthConfig {
     /// Find `jwks_uri` by OIDC discovery from `issuer`. Default `false`.
     #[serde(default)]
     pub discovery: bool,
+    /// PEM file with the CA certificates trusted when fetching the JWKS or discovery
+    /// document. Default: the Mozilla root program (webpki-roots).
+    #[serde(default)]
+    pub fetch_ca_file: Option<PathBuf>,
+    /// Time allowed for one fetch. Default `5s`.
+    #[serde(default = "default_fetch_timeout", with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// How often the keys are refreshed when the IdP sends no `Cache-Control: max-age`.
+    /// Default `10m`.
+    #[serde(default = "default_refresh_interval", with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// The shortest refresh period a `max-age` can ask for. Default `1m`.
+    #[serde(default = "default_min_refresh", with = "humantime_serde")]
+    pub min_refresh_interval: Duration,
+    /// The longest refresh period a `max-age` can ask for. Default `1h`.
+    #[serde(default = "default_max_refresh", with = "humantime_serde")]
+    pub max_refresh_interval: Duration,
+    /// After a token names an unknown `kid`, the keys are fetched at once; another such
+    /// fetch waits at least this long. Default `30s`.
+    #[serde(default = "default_unknown_kid_cooldown", with = "humantime_serde")]
+    pub unknown_kid_cooldown: Duration,
+    /// Clock skew allowed on `exp` and `nbf`. Default `60s`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Signature algorithms accepted, further narrowed by each key's type and `alg`.
+    /// Default: ES256, ES384, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA. HMAC
+    /// and `none` are never accepted.
+    #[serde(default)]
+    pub algorithms: Vec<String>,
+    /// Verified tokens remembered per worker, so that a repeated token skips the
+    /// signature check until its `exp`. Default `4096`; `0` turns the cache off.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
+    /// Forward the client's `Authorization` header to the backend. Default `false`:
+    /// the gateway has checked the token and passes on who the user is in identity
+    /// headers, so backends (and their logs) never hold a replayable credential.
+    #[serde(default)]
+    pub forward_authorization: bool,
+}
+
+fn default_fetch_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_refresh_interval() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_min_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_refresh() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_unknown_kid_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_leeway() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_token_cache_size() -> usize {
+    4096
 }
 
 /// The kinds of per-request authentication.

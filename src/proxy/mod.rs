@@ -1,25 +1,32 @@
-//! The per-connection pipeline: TLS handshake (device proof), then the client's first
-//! bytes, a backend, and the relay. Each step is a function here; what a step needs to
-//! know lives in its own module (`tls`, `upstream`, `http`).
+//! The per-connection pipeline: TLS handshake (the device proves itself), then for each
+//! request its head, its authorization (the user proves themselves), and only then its
+//! bytes to the backend, with the responses relayed back. Each step is a function here
+//! or in a submodule; what a step needs to know lives in `tls`, `http`, `auth` and
+//! `upstream`.
 
-pub mod relay;
+pub mod exchange;
+pub mod requests;
+pub mod responses;
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 use tracing::{debug, debug_span, field, Instrument, Span};
 
+use crate::auth::cache::TokenCache;
+use crate::auth::{Authorizer, Verdict};
 use crate::config::LimitsConfig;
 use crate::http::GatewayResponse;
 use crate::ingress::Ingress;
 use crate::metrics::WorkerMetrics;
 use crate::tls::stream::{self, TlsReader, TlsSession, TlsWriter};
 use crate::tls::HandshakeRefusal;
-use relay::Abort;
+use exchange::{Abort, Exchange};
+use requests::{Client, HeadFailure};
 
 /// How long a refused client gets to read the gateway's final response before the
 /// connection is dropped.
@@ -33,17 +40,23 @@ pub struct Worker {
     pub limits: LimitsConfig,
     /// This worker's counters.
     pub metrics: Arc<WorkerMetrics>,
-    next_backend: Cell<usize>,
+    next_backend: std::cell::Cell<usize>,
+    tokens: RefCell<TokenCache>,
 }
 
 impl Worker {
     /// State for one worker.
     pub fn new(ingress: Arc<Ingress>, limits: LimitsConfig, metrics: Arc<WorkerMetrics>) -> Self {
+        let tokens = ingress
+            .auth
+            .as_ref()
+            .map_or_else(|| TokenCache::new(0), |auth| auth.new_cache());
         Self {
             ingress,
             limits,
             metrics,
-            next_backend: Cell::new(0),
+            next_backend: Default::default(),
+            tokens: RefCell::new(tokens),
         }
     }
 
@@ -51,6 +64,11 @@ impl Worker {
         let turn = self.next_backend.get();
         self.next_backend.set(turn.wrapping_add(1));
         turn
+    }
+
+    /// Checks a request's `Authorization` values with this worker's token cache.
+    pub fn authorize(&self, authorizer: &Authorizer, values: &[&[u8]]) -> Verdict {
+        authorizer.authorize(values, &mut self.tokens.borrow_mut())
     }
 }
 
@@ -64,50 +82,29 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         client.subject = field::Empty,
         client.sha256 = field::Empty,
     );
-    serve_connection(socket, &worker).instrument(span).await;
+    serve_connection(socket, peer, &worker)
+        .instrument(span)
+        .await;
     worker.metrics.connection_closed();
 }
 
-async fn serve_connection(socket: TcpStream, worker: &Worker) {
+async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) {
     let _ = socket.set_nodelay(true);
-    let Some(mut session) = handshake(socket, worker).await else {
+    let Some(session) = handshake(socket, worker).await else {
         return;
     };
-    let abort = Abort::new();
-
-    let first = match first_bytes(&mut session.reader, worker, &abort).await {
-        Some(bytes) => bytes,
-        None => return,
-    };
-
-    let ingress = &worker.ingress;
-    let backend = match ingress.upstream.connect(worker.backend_turn()).await {
-        Ok((stream, backend)) => {
-            debug!(backend = %backend, "forwarding");
-            stream.into_split()
-        }
-        Err(unreachable) => {
-            worker.metrics.backend_unreachable();
-            debug!(tried = unreachable.tried, "no backend reachable");
-            let response = GatewayResponse::bad_gateway("no backend could be reached");
-            respond_and_close(&mut session.reader, &mut session.writer, &response).await;
-            return;
-        }
-    };
-
     let TlsSession {
         mut reader,
         mut writer,
-        ..
+        facts,
     } = session;
-    let idle = worker.limits.idle_timeout;
-    let moved = relay::relay(&mut reader, &mut writer, backend, first, idle).await;
-    debug!(
-        to_backend = moved.to_backend,
-        to_client = moved.to_client,
-        "connection finished"
-    );
-    flush_pending_alert(&mut writer).await;
+    let client = Client {
+        worker,
+        ingress: &worker.ingress,
+        peer,
+        device: facts.client.as_ref(),
+    };
+    serve_requests(&mut reader, &mut writer, &client).await;
 }
 
 async fn handshake(socket: TcpStream, worker: &Worker) -> Option<TlsSession> {
@@ -144,52 +141,106 @@ fn record_session(session: &TlsSession) {
     debug!(version = ?facts.version, "handshake complete");
 }
 
-/// Waits for the client's first plaintext, within the idle timeout.
-async fn first_bytes(reader: &mut TlsReader, worker: &Worker, abort: &Abort) -> Option<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(16 * 1024);
-    let read = monoio::time::timeout(
-        worker.limits.idle_timeout,
-        reader.read(&mut bytes, abort.handle()),
-    );
-    match read.await {
-        Ok(Ok(count)) if count > 0 => Some(bytes),
-        Ok(Ok(_)) => {
-            debug!("client closed before sending a request");
-            None
+/// The first request is read and checked before any backend is contacted; only an
+/// authorized request opens a backend connection, which then serves the rest.
+async fn serve_requests(reader: &mut TlsReader, writer: &mut TlsWriter, client: &Client<'_>) {
+    let worker = client.worker;
+    let abort = Abort::new();
+    let mut input = Vec::with_capacity(16 * 1024);
+    let idle = worker.limits.idle_timeout;
+
+    let head = match monoio::time::timeout(
+        idle,
+        requests::read_head(reader, &mut input, client, abort.handle()),
+    )
+    .await
+    {
+        Ok(Ok(Some(head))) => head,
+        Ok(Err(HeadFailure::Refused(error))) => {
+            let response = GatewayResponse::for_http_error(&error);
+            return refuse(reader, writer, worker, &response, true).await;
         }
-        Ok(Err(error)) => {
-            debug!(%error, "client read failed");
-            None
+        Ok(Ok(None) | Err(HeadFailure::Broken)) | Err(_) => return,
+    };
+    let user = match requests::authorize(&head, client).await {
+        Ok(user) => user,
+        Err(response) => {
+            return refuse(reader, writer, worker, &response, head.method() != "HEAD").await
         }
-        Err(_) => {
-            debug!("client sent nothing before the idle timeout");
-            None
+    };
+    let backend = match client.ingress.upstream.connect(worker.backend_turn()).await {
+        Ok((stream, backend)) => {
+            debug!(backend = %backend, "forwarding");
+            stream.into_split()
         }
+        Err(unreachable) => {
+            worker.metrics.backend_unreachable();
+            debug!(tried = unreachable.tried, "no backend reachable");
+            let response = GatewayResponse::bad_gateway("no backend could be reached");
+            return refuse(reader, writer, worker, &response, head.method() != "HEAD").await;
+        }
+    };
+
+    let exchange = Exchange::new();
+    let (backend_reader, backend_writer) = backend;
+    let both = async {
+        monoio::join!(
+            requests::relay_requests(
+                reader,
+                backend_writer,
+                (head, user),
+                input,
+                client,
+                &exchange
+            ),
+            responses::relay_responses(backend_reader, writer, &exchange, worker),
+        )
+    };
+    monoio::select! {
+        _ = both => {}
+        _ = watchdog(&exchange, idle) => {}
     }
+    linger(reader).await;
 }
 
-/// Sends a gateway response, closes the TLS session, and lingers briefly so that a
-/// client still sending does not get a reset instead of the response.
-async fn respond_and_close(
+/// Answers the client without a backend, then closes.
+async fn refuse(
     reader: &mut TlsReader,
     writer: &mut TlsWriter,
+    worker: &Worker,
     response: &GatewayResponse,
+    with_body: bool,
 ) {
+    worker.metrics.gateway_response(response.status);
     let abort = Abort::new();
     let sent = async {
         writer
-            .write_all(&response.to_bytes(), abort.handle())
+            .write_all(&response.to_bytes(with_body), abort.handle())
             .await?;
         writer.close(abort.handle()).await
     };
-    if monoio::time::timeout(LINGER, sent).await.is_err() {
-        return;
+    if monoio::time::timeout(LINGER, sent).await.is_ok() {
+        linger(reader).await;
     }
+}
+
+/// Reads and drops what the client still sends, briefly, so that a client still
+/// sending gets the final response rather than a reset.
+async fn linger(reader: &mut TlsReader) {
+    let abort = Abort::new();
     let _ = monoio::time::timeout(LINGER, reader.discard_until_closed(abort.handle())).await;
 }
 
-/// Sends any alert rustls queued when the client's input failed, within a short limit.
-async fn flush_pending_alert(writer: &mut TlsWriter) {
-    let abort = Abort::new();
-    let _ = monoio::time::timeout(Duration::from_secs(1), writer.flush(abort.handle())).await;
+/// Aborts the exchange once neither direction has moved a byte for `idle`, then waits
+/// for it to wind down.
+async fn watchdog(exchange: &Exchange, idle: Duration) {
+    loop {
+        let deadline = exchange.last_activity() + idle;
+        if Instant::now() >= deadline {
+            debug!(?idle, "idle timeout");
+            exchange.abort();
+            std::future::pending::<()>().await;
+        }
+        monoio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+    }
 }

@@ -1,0 +1,447 @@
+//! Per-request user authorization: the bearer token, its signature (JWKS), its standard
+//! claims (iss, aud, exp, nbf) and the required-claims policy. It takes header values
+//! and returns a verdict, knowing nothing of HTTP/1.1 framing, so that an HTTP/2 path
+//! can use it unchanged. What the client is answered is decided in `http::response`.
+
+mod bearer;
+pub mod cache;
+pub mod claims;
+pub mod fetch;
+pub mod jwks;
+pub mod key_store;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::{ApplicationAuthConfig, ApplicationAuthKind, LoadedConfig, Problems};
+pub use bearer::bearer_token;
+use cache::{CachedToken, TokenCache};
+use claims::{ClaimPath, ClaimPolicy};
+use fetch::{FetchSettings, KeySource};
+use key_store::KeyStore;
+
+/// Why a request's token was not accepted. Each maps to one answer (RFC 6750 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// No bearer token (401 with a bare challenge).
+    MissingToken,
+    /// Malformed or repeated credentials (400 `invalid_request`).
+    InvalidRequest(&'static str),
+    /// The token is not valid (401 `invalid_token`).
+    InvalidToken(&'static str),
+    /// A valid token that fails the claim policy (403 `insufficient_scope`).
+    InsufficientScope,
+}
+
+impl AuthRefusal {
+    /// The metric label and log value.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidToken(_) => "invalid_token",
+            Self::InsufficientScope => "insufficient_scope",
+        }
+    }
+}
+
+/// The user a verified token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authorized {
+    /// `sub`.
+    pub subject: Option<String>,
+    /// `iss`.
+    pub issuer: Option<String>,
+    /// The `kid` that verified the token.
+    pub kid: Option<String>,
+    /// The values of the claims passed on to backends, in the configured order.
+    pub exported: Vec<Option<String>>,
+}
+
+/// What the check of one request concluded.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Admitted, as this user.
+    Allowed(Rc<Authorized>),
+    /// Refused.
+    Refused(AuthRefusal),
+    /// The token names a `kid` the key set lacks: fetching the keys again may help.
+    UnknownKey,
+}
+
+/// The token policy of an ingress, shared by every worker.
+#[derive(Debug)]
+pub struct Authorizer {
+    validations: Vec<(Algorithm, Validation)>,
+    policy: ClaimPolicy,
+    exported: Vec<ClaimPath>,
+    keys: Arc<KeyStore>,
+    leeway: u64,
+    cache_size: usize,
+    source: KeySource,
+    fetch: FetchSettings,
+}
+
+impl Authorizer {
+    /// Builds the token policy from `ingress.application_auth`; `None` when there is no
+    /// per-request check. Problems are recorded against their fields.
+    pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Option<Option<Arc<Self>>> {
+        let Some(config) = &loaded.config.ingress.application_auth else {
+            return Some(None);
+        };
+        if config.kind == ApplicationAuthKind::None {
+            return Some(None);
+        }
+        let field = |name: &str| format!("ingress.application_auth.{name}");
+        let before = problems.len();
+
+        let issuer = required(config.issuer.as_deref(), &field("issuer"), problems);
+        let audience = required(config.audience.as_deref(), &field("audience"), problems);
+        let algorithms = jwks::parse_algorithms(&config.algorithms)
+            .map_err(|error| problems.push(&field("algorithms"), error))
+            .unwrap_or_default();
+        let policy = claim_policy(config, problems);
+        let exported = exported_claims(loaded, problems);
+        let source = key_source(loaded, config, problems);
+        let roots = fetch_roots(loaded, config, problems);
+        if problems.len() > before {
+            return None;
+        }
+
+        let (Some(issuer), Some(audience), Some(policy), Some(source)) =
+            (issuer, audience, policy, source)
+        else {
+            return None;
+        };
+        let leeway = config.leeway.as_secs();
+        let validations = algorithms
+            .iter()
+            .map(|alg| (*alg, validation(*alg, issuer, audience, leeway)))
+            .collect();
+        let fetch = FetchSettings {
+            algorithms,
+            roots,
+            timeout: config.fetch_timeout,
+            refresh_interval: config.refresh_interval,
+            min_refresh: config.min_refresh_interval,
+            max_refresh: config.max_refresh_interval,
+        };
+        let authorizer = Self {
+            validations,
+            policy,
+            exported,
+            keys: KeyStore::new(config.unknown_kid_cooldown),
+            leeway,
+            cache_size: config.token_cache_size,
+            source,
+            fetch,
+        };
+        if let KeySource::File(_) = authorizer.source {
+            if let Err(error) =
+                fetch::load_now(&authorizer.source, &authorizer.fetch, &authorizer.keys)
+            {
+                problems.push(&field("jwks_file"), error);
+                return None;
+            }
+        }
+        Some(Some(Arc::new(authorizer)))
+    }
+
+    /// Starts the background fetcher that keeps the keys fresh.
+    pub fn start_refreshing(&self) -> std::io::Result<()> {
+        fetch::spawn(self.source.clone(), self.fetch.clone(), self.keys.clone())
+    }
+
+    /// The shared key set.
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    /// A verified-token cache sized for this policy, for one worker.
+    pub fn new_cache(&self) -> TokenCache {
+        TokenCache::new(self.cache_size)
+    }
+
+    /// The claim paths whose values are passed on, in order.
+    pub fn exported_claims(&self) -> &[ClaimPath] {
+        &self.exported
+    }
+
+    /// Checks the `Authorization` field values of one request.
+    pub fn authorize(&self, authorization: &[&[u8]], cache: &mut TokenCache) -> Verdict {
+        let token = match bearer_token(authorization) {
+            Ok(token) => token,
+            Err(refusal) => return Verdict::Refused(refusal),
+        };
+        let now = unix_seconds();
+        let keys = self.keys.snapshot();
+        if let Some(cached) = cache.get(token, keys.generation) {
+            return self.replay(token, cached.clone(), cache, now);
+        }
+        match self.verify(token, &keys.jwks) {
+            Ok(verified) => {
+                let entry = self.judge(&verified.claims, verified.kid);
+                let verdict = self.replay(token, entry.clone(), cache, now);
+                if matches!(
+                    verdict,
+                    Verdict::Allowed(_) | Verdict::Refused(AuthRefusal::InsufficientScope)
+                ) {
+                    cache.insert(token, entry, now, self.leeway);
+                }
+                verdict
+            }
+            Err(Unverified::UnknownKid) => Verdict::UnknownKey,
+            Err(Unverified::Invalid(reason)) => Verdict::Refused(AuthRefusal::InvalidToken(reason)),
+        }
+    }
+
+    /// The verdict for a token whose signature has been verified.
+    fn replay(&self, token: &str, entry: CachedToken, cache: &mut TokenCache, now: u64) -> Verdict {
+        if entry.expires.saturating_add(self.leeway) < now {
+            cache.remove(token);
+            return Verdict::Refused(AuthRefusal::InvalidToken("token expired"));
+        }
+        if entry
+            .not_before
+            .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+        {
+            return Verdict::Refused(AuthRefusal::InvalidToken("token not yet valid"));
+        }
+        match entry.user {
+            Some(user) => Verdict::Allowed(user),
+            None => Verdict::Refused(AuthRefusal::InsufficientScope),
+        }
+    }
+
+    /// Verifies the signature and the standard claims.
+    fn verify(&self, token: &str, jwks: &jwks::Jwks) -> Result<Verified, Unverified> {
+        let invalid = Unverified::Invalid;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
+        let validation = self
+            .validations
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .map(|(_, validation)| validation)
+            .ok_or(invalid("signature algorithm not accepted"))?;
+        if jwks.keys.is_empty() {
+            return Err(invalid("no signing keys are available"));
+        }
+        let kid = header.kid.as_deref();
+        if kid.is_some_and(|kid| !jwks.knows_kid(kid)) {
+            return Err(Unverified::UnknownKid);
+        }
+
+        let mut outcome = Err(invalid("no key accepts this algorithm"));
+        for key in jwks.candidates(kid, header.alg) {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+                Ok(data) => {
+                    return Ok(Verified {
+                        claims: data.claims,
+                        kid: key.kid.clone(),
+                    })
+                }
+                Err(error) if *error.kind() == ErrorKind::InvalidSignature => {
+                    outcome = Err(invalid("invalid signature"));
+                }
+                Err(error) => return Err(invalid(describe(error.kind()))),
+            }
+        }
+        outcome
+    }
+
+    /// The cache entry for verified claims: the identity, unless the policy refuses it.
+    fn judge(&self, claims: &Map<String, Value>, kid: Option<String>) -> CachedToken {
+        let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let not_before = claims.get("nbf").and_then(Value::as_u64);
+        if let Some(unmet) = self.policy.first_unmet(claims) {
+            tracing::debug!(claim = unmet.as_str(), "token fails the claim policy");
+            return CachedToken {
+                user: None,
+                expires,
+                not_before,
+            };
+        }
+        let text = |value: Option<&Value>| value.map(claim_text);
+        let user = Authorized {
+            subject: text(claims.get("sub")),
+            issuer: text(claims.get("iss")),
+            kid,
+            exported: self
+                .exported
+                .iter()
+                .map(|path| text(path.lookup(claims)))
+                .collect(),
+        };
+        CachedToken {
+            user: Some(Rc::new(user)),
+            expires,
+            not_before,
+        }
+    }
+}
+
+/// Claims whose signature and standard claims checked out.
+struct Verified {
+    claims: Map<String, Value>,
+    kid: Option<String>,
+}
+
+/// Why a token's signature or standard claims did not check out.
+enum Unverified {
+    /// It names a `kid` the key set lacks.
+    UnknownKid,
+    /// It is not valid, for this reason.
+    Invalid(&'static str),
+}
+
+/// A claim as header text: strings as they are, anything else as JSON.
+fn claim_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn describe(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not yet valid",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "exp" => "the exp claim is required",
+            "iss" => "the iss claim is required",
+            "aud" => "the aud claim is required",
+            _ => "a required claim is missing",
+        },
+        ErrorKind::InvalidClaimFormat(_) => "malformed claims",
+        ErrorKind::InvalidAlgorithm => "signature algorithm not accepted",
+        ErrorKind::InvalidSignature => "invalid signature",
+        _ => "malformed token",
+    }
+}
+
+fn validation(alg: Algorithm, issuer: &str, audience: &str, leeway: u64) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.leeway = leeway;
+    validation
+}
+
+fn required<'a>(value: Option<&'a str>, field: &str, problems: &mut Problems) -> Option<&'a str> {
+    match value {
+        Some(value) if !value.is_empty() => Some(value),
+        _ => {
+            problems.push(field, "required when type is jwt");
+            None
+        }
+    }
+}
+
+fn claim_policy(config: &ApplicationAuthConfig, problems: &mut Problems) -> Option<ClaimPolicy> {
+    let mut required = Vec::new();
+    for (path, value) in &config.required_claims {
+        let field = format!("ingress.application_auth.required_claims.{path}");
+        match ClaimPath::parse(path) {
+            Ok(parsed) => required.push((parsed, value.clone())),
+            Err(error) => problems.push(&field, format!("not a claim path: {error}")),
+        }
+    }
+    ClaimPolicy::new(required)
+        .map_err(|error| problems.push("ingress.application_auth.required_claims", error))
+        .ok()
+}
+
+fn exported_claims(loaded: &LoadedConfig, problems: &mut Problems) -> Vec<ClaimPath> {
+    let claims = &loaded.config.ingress.identity_headers.claims;
+    let mut paths = Vec::new();
+    for path in claims.keys() {
+        match ClaimPath::parse(path) {
+            Ok(parsed) => paths.push(parsed),
+            Err(error) => problems.push(
+                &format!("ingress.identity_headers.claims.{path}"),
+                format!("not a claim path: {error}"),
+            ),
+        }
+    }
+    paths
+}
+
+fn key_source(
+    loaded: &LoadedConfig,
+    config: &ApplicationAuthConfig,
+    problems: &mut Problems,
+) -> Option<KeySource> {
+    let mut sources = Vec::new();
+    if let Some(file) = &config.jwks_file {
+        sources.push(KeySource::File(loaded.resolve(file)));
+    }
+    if let Some(uri) = &config.jwks_uri {
+        if !uri.starts_with("https://") {
+            problems.push(
+                "ingress.application_auth.jwks_uri",
+                "must be an https:// URL",
+            );
+        }
+        sources.push(KeySource::Uri(uri.clone()));
+    }
+    if config.discovery {
+        let issuer = config.issuer.clone().unwrap_or_default();
+        if !issuer.starts_with("https://") {
+            problems.push(
+                "ingress.application_auth.discovery",
+                "discovery needs an https:// issuer",
+            );
+        }
+        sources.push(KeySource::Discovery(issuer));
+    }
+    match sources.len() {
+        1 => sources.pop(),
+        0 => {
+            problems.push(
+                "ingress.application_auth",
+                "one of jwks_file, jwks_uri or discovery: true is required",
+            );
+            None
+        }
+        _ => {
+            problems.push(
+                "ingress.application_auth",
+                "jwks_file, jwks_uri and discovery exclude each other",
+            );
+            None
+        }
+    }
+}
+
+fn fetch_roots(
+    loaded: &LoadedConfig,
+    config: &ApplicationAuthConfig,
+    problems: &mut Problems,
+) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    let Some(file) = &config.fetch_ca_file else {
+        return Vec::new();
+    };
+    crate::tls::pem::certificates(&loaded.resolve(file))
+        .map_err(|error| problems.push("ingress.application_auth.fetch_ca_file", error))
+        .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
+}
+
+/// How long a request waits for a fetch triggered by its unknown `kid`.
+pub const UNKNOWN_KID_WAIT: Duration = Duration::from_secs(2);

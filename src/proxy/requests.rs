@@ -1,0 +1,371 @@
+//! The request direction: read each request head, check it, authorize it, and only
+//! then forward its head (rewritten) and its body (framed, not parsed) to the backend.
+//! A refused request is never forwarded, nor is anything after it.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use monoio::io::CancelHandle;
+use tracing::debug;
+
+use super::exchange::{Exchange, PendingRequest};
+use super::Worker;
+use crate::auth::{AuthRefusal, Authorized, Verdict, UNKNOWN_KID_WAIT};
+use crate::http::chunked::ChunkedBody;
+use crate::http::head::{self, BodyFraming, RequestHead};
+use crate::http::rewrite::write_forwarded_head;
+use crate::http::{GatewayResponse, HttpError};
+use crate::ingress::Ingress;
+use crate::tls::stream::TlsReader;
+use crate::tls::ClientIdentity;
+use crate::upstream::BackendWriter;
+
+/// The most requests forwarded and not yet answered on one connection.
+const MAX_PIPELINED: usize = 16;
+
+/// How often a request waiting for a key fetch looks again.
+const KEY_POLL: Duration = Duration::from_millis(10);
+
+/// Who is on the other end of the connection.
+pub struct Client<'a> {
+    /// The worker serving it.
+    pub worker: &'a Worker,
+    /// The ingress it reached.
+    pub ingress: &'a Ingress,
+    /// Its address.
+    pub peer: SocketAddr,
+    /// The verified device, when it presented a certificate.
+    pub device: Option<&'a ClientIdentity>,
+}
+
+/// Why no request head could be read.
+pub enum HeadFailure {
+    /// The bytes are not an acceptable head.
+    Refused(HttpError),
+    /// The connection failed or closed mid-head.
+    Broken,
+}
+
+/// Reads the next request head, consuming it from `input`. `Ok(None)`: the client
+/// closed cleanly between requests.
+pub async fn read_head(
+    reader: &mut TlsReader,
+    input: &mut Vec<u8>,
+    client: &Client<'_>,
+    cancel: &CancelHandle,
+) -> Result<Option<RequestHead>, HeadFailure> {
+    loop {
+        if !input.is_empty() {
+            match head::parse(input, client.ingress.head_limits) {
+                Ok(Some(head)) => {
+                    input.drain(..head.len());
+                    return Ok(Some(head));
+                }
+                Ok(None) => {}
+                Err(error) => return Err(HeadFailure::Refused(error)),
+            }
+        }
+        match reader.read(input, cancel).await {
+            Ok(0) if input.is_empty() => return Ok(None),
+            Ok(0) => return Err(HeadFailure::Broken),
+            Ok(_) => {}
+            Err(error) => {
+                debug!(%error, "client read failed");
+                return Err(HeadFailure::Broken);
+            }
+        }
+    }
+}
+
+/// Authorizes one request: `Ok(None)` when the ingress checks no token.
+pub async fn authorize(
+    head: &RequestHead,
+    client: &Client<'_>,
+) -> Result<Option<Rc<Authorized>>, GatewayResponse> {
+    let Some(authorizer) = &client.ingress.auth else {
+        return Ok(None);
+    };
+    let values: Vec<&[u8]> = head.values("authorization").collect();
+    let mut verdict = client.worker.authorize(authorizer, &values);
+
+    if matches!(verdict, Verdict::UnknownKey) {
+        let keys = authorizer.keys();
+        let before = keys.fetches_finished();
+        if keys.request_fetch_for_unknown_kid() {
+            let deadline = Instant::now() + UNKNOWN_KID_WAIT;
+            while keys.fetches_finished() == before && Instant::now() < deadline {
+                monoio::time::sleep(KEY_POLL).await;
+            }
+            verdict = client.worker.authorize(authorizer, &values);
+        }
+    }
+
+    let refusal = match verdict {
+        Verdict::Allowed(user) => {
+            debug!(
+                sub = user.subject.as_deref().unwrap_or("-"),
+                kid = user.kid.as_deref().unwrap_or("-"),
+                "token accepted"
+            );
+            return Ok(Some(user));
+        }
+        Verdict::Refused(refusal) => refusal,
+        Verdict::UnknownKey => AuthRefusal::InvalidToken("unknown key id"),
+    };
+    debug!(reason = refusal.label(), detail = ?refusal, "request refused");
+    client.worker.metrics.auth_refused(&refusal);
+    Err(GatewayResponse::for_auth_refusal(
+        &refusal,
+        &client.ingress.hostname,
+    ))
+}
+
+/// The identity fields added to a forwarded request.
+pub fn identity_fields<'a>(
+    client: &'a Client<'_>,
+    user: Option<&'a Authorized>,
+) -> Vec<(&'a str, String)> {
+    let names = &client.ingress.identity;
+    let mut fields = vec![
+        ("x-forwarded-for", client.peer.ip().to_string()),
+        ("x-forwarded-proto", "https".to_owned()),
+    ];
+    if let Some(device) = client.device {
+        fields.push((names.cert_subject.as_str(), device.subject.clone()));
+        fields.push((names.cert_sans.as_str(), device.sans.join(", ")));
+        fields.push((names.cert_fingerprint.as_str(), device.fingerprint.clone()));
+    }
+    if let Some(user) = user {
+        if let Some(subject) = &user.subject {
+            fields.push((names.token_subject.as_str(), subject.clone()));
+        }
+        if let Some(issuer) = &user.issuer {
+            fields.push((names.token_issuer.as_str(), issuer.clone()));
+        }
+        for (name, value) in names.claims.iter().zip(&user.exported) {
+            if let Some(value) = value {
+                fields.push((name.as_str(), value.clone()));
+            }
+        }
+    }
+    fields
+}
+
+/// The request direction once a backend is connected: forwards `first`, then every
+/// following request that passes, until the client stops, a request is refused, or the
+/// connection becomes a tunnel.
+pub async fn relay_requests(
+    reader: &mut TlsReader,
+    mut backend: BackendWriter,
+    first: (RequestHead, Option<Rc<Authorized>>),
+    mut input: Vec<u8>,
+    client: &Client<'_>,
+    exchange: &Exchange,
+) {
+    let cancel = exchange.cancel();
+    let mut next = Some(first);
+    let mut scratch = Vec::with_capacity(4096);
+    loop {
+        let (head, user) = match next.take() {
+            Some(request) => request,
+            None => match next_request(reader, &mut input, client, exchange).await {
+                Some(request) => request,
+                None => return,
+            },
+        };
+        while exchange.pending() >= MAX_PIPELINED && !exchange.is_aborted() {
+            exchange.responded.wait().await;
+        }
+        if exchange.is_aborted() {
+            return;
+        }
+
+        exchange.forwarded(PendingRequest {
+            is_head: head.method() == "HEAD",
+            upgrade: head.websocket_upgrade,
+            close: head.close,
+        });
+        let fields = identity_fields(client, user.as_deref());
+        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        write_forwarded_head(
+            &mut scratch,
+            &head,
+            &client.ingress.identity.filter,
+            &fields,
+        );
+        client.worker.metrics.request_forwarded();
+        if let Err(failure) = send(&mut backend, &mut scratch, cancel).await {
+            debug!(error = %failure, "backend write failed");
+            exchange.abort();
+            return;
+        }
+        match forward_body(reader, &mut backend, &mut input, head.framing, exchange).await {
+            Ok(()) => {}
+            Err(BodyFailure::Framing(error)) => {
+                debug!(?error, "request body framing broke; closing");
+                exchange.poison(GatewayResponse::for_http_error(&error));
+                return;
+            }
+            Err(BodyFailure::Broken) => {
+                exchange.abort();
+                return;
+            }
+        }
+
+        if head.websocket_upgrade {
+            match exchange.upgrade_outcome().await {
+                Some(true) => return tunnel(reader, backend, input, exchange).await,
+                Some(false) => {}
+                None => return,
+            }
+        }
+        if head.close {
+            exchange.finish_requests(None);
+            return;
+        }
+    }
+}
+
+/// Reads and checks the next request. `None` when there is none to forward: the
+/// exchange has been told why.
+async fn next_request(
+    reader: &mut TlsReader,
+    input: &mut Vec<u8>,
+    client: &Client<'_>,
+    exchange: &Exchange,
+) -> Option<(RequestHead, Option<Rc<Authorized>>)> {
+    let head = match read_head(reader, input, client, exchange.cancel()).await {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            exchange.finish_requests(None);
+            return None;
+        }
+        Err(HeadFailure::Refused(error)) => {
+            exchange.finish_requests(Some((GatewayResponse::for_http_error(&error), true)));
+            return None;
+        }
+        Err(HeadFailure::Broken) => {
+            exchange.abort();
+            return None;
+        }
+    };
+    exchange.touch();
+    match authorize(&head, client).await {
+        Ok(user) => Some((head, user)),
+        Err(response) => {
+            exchange.finish_requests(Some((response, head.method() != "HEAD")));
+            None
+        }
+    }
+}
+
+enum BodyFailure {
+    Framing(HttpError),
+    Broken,
+}
+
+/// Forwards one body: exactly `Content-Length` bytes, or chunks up to the last one.
+async fn forward_body(
+    reader: &mut TlsReader,
+    backend: &mut BackendWriter,
+    input: &mut Vec<u8>,
+    framing: BodyFraming,
+    exchange: &Exchange,
+) -> Result<(), BodyFailure> {
+    let cancel = exchange.cancel();
+    let mut chunked = ChunkedBody::request();
+    let mut remaining = match framing {
+        BodyFraming::Empty => return Ok(()),
+        BodyFraming::Length(length) => length,
+        BodyFraming::Chunked => u64::MAX,
+    };
+    loop {
+        let take = match framing {
+            BodyFraming::Chunked => chunked.advance(input).map_err(BodyFailure::Framing)?,
+            _ => input
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX)),
+        };
+        if take > 0 {
+            remaining = remaining.saturating_sub(take as u64);
+            send_prefix(backend, input, take, cancel)
+                .await
+                .map_err(|_| BodyFailure::Broken)?;
+        }
+        let finished = match framing {
+            BodyFraming::Chunked => chunked.is_done(),
+            _ => remaining == 0,
+        };
+        if finished {
+            return Ok(());
+        }
+        match reader.read(input, cancel).await {
+            Ok(0) | Err(_) => return Err(BodyFailure::Broken),
+            Ok(_) => exchange.touch(),
+        }
+    }
+}
+
+/// After a 101: everything the client sends goes to the backend as it is.
+async fn tunnel(
+    reader: &mut TlsReader,
+    mut backend: BackendWriter,
+    mut input: Vec<u8>,
+    exchange: &Exchange,
+) {
+    let cancel = exchange.cancel();
+    loop {
+        if !input.is_empty() {
+            let length = input.len();
+            if send_prefix(&mut backend, &mut input, length, cancel)
+                .await
+                .is_err()
+            {
+                exchange.abort();
+                return;
+            }
+        }
+        match reader.read(&mut input, cancel).await {
+            Ok(0) => {
+                let _ = backend.shutdown().await;
+                return;
+            }
+            Ok(_) => exchange.touch(),
+            Err(_) => {
+                exchange.abort();
+                return;
+            }
+        }
+    }
+}
+
+/// Sends and consumes the first `length` bytes of `input`.
+async fn send_prefix(
+    backend: &mut BackendWriter,
+    input: &mut Vec<u8>,
+    length: usize,
+    cancel: &CancelHandle,
+) -> std::io::Result<()> {
+    if length == input.len() {
+        let whole = std::mem::take(input);
+        let (result, mut returned) = backend.send_all(whole, cancel).await;
+        returned.clear();
+        *input = returned;
+        return result;
+    }
+    let prefix = input[..length].to_vec();
+    input.drain(..length);
+    backend.send_all(prefix, cancel).await.0
+}
+
+async fn send(
+    backend: &mut BackendWriter,
+    bytes: &mut Vec<u8>,
+    cancel: &CancelHandle,
+) -> std::io::Result<()> {
+    let whole = std::mem::take(bytes);
+    let (result, returned) = backend.send_all(whole, cancel).await;
+    *bytes = returned;
+    result
+}
