@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 backend that answers every request with a JSON description of what
 //! it received (method, path, headers, body size) and records each request, so that a
-//! demo shows what reached the backend and a test can prove what did not.
+//! demo shows what reached the backend and a test can prove what did not. A WebSocket
+//! upgrade is answered with 101, after which it echoes raw bytes back.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -22,12 +23,24 @@ pub struct ReceivedRequest {
     /// The request target.
     pub path: String,
     /// Every header, in order, as received.
+    #[serde(serialize_with = "as_lines")]
     pub headers: Vec<(String, String)>,
     /// The body, de-chunked.
     #[serde(skip)]
     pub body: Vec<u8>,
     /// The body's length.
     pub body_bytes: usize,
+}
+
+fn as_lines<S: serde::Serializer>(
+    headers: &[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(
+        headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}")),
+    )
 }
 
 impl ReceivedRequest {
@@ -110,10 +123,16 @@ fn serve_connection<S: Read + Write>(
             return Ok(());
         };
         let body = serde_json::to_vec_pretty(&request).unwrap_or_default();
+        let upgrade = request
+            .header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
         received
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(request);
+        if upgrade {
+            return echo_raw(reader);
+        }
         let connection = if keep_alive { "keep-alive" } else { "close" };
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
@@ -128,6 +147,24 @@ fn serve_connection<S: Read + Write>(
         if !keep_alive {
             return Ok(());
         }
+    }
+}
+
+/// Answers an upgrade with 101, then sends back every byte it receives.
+fn echo_raw<S: Read + Write>(mut reader: BufReader<S>) -> io::Result<()> {
+    let switching =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+    reader.get_mut().write_all(switching)?;
+    let buffered = reader.buffer().to_vec();
+    reader.get_mut().write_all(&buffered)?;
+    let mut stream = reader.into_inner();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut chunk)?;
+        if read == 0 {
+            return Ok(());
+        }
+        stream.write_all(&chunk[..read])?;
     }
 }
 

@@ -25,7 +25,8 @@ pub enum KeyKind {
 }
 
 impl KeyKind {
-    fn generate(self) -> KeyPair {
+    /// A fresh key pair of this kind.
+    pub fn generate_pair(self) -> KeyPair {
         let result = match self {
             Self::EcdsaP256 => KeyPair::generate_for(algorithm(self)),
             Self::EcdsaP384 => KeyPair::generate_for(algorithm(self)),
@@ -176,7 +177,7 @@ pub struct Authority {
 impl Authority {
     /// A self-signed root CA, P-256.
     pub fn root(common_name: &str) -> Self {
-        let key = KeyKind::EcdsaP256.generate();
+        let key = KeyKind::EcdsaP256.generate_pair();
         let params = ca_params(common_name);
         let cert = params.self_signed(&key).expect("self-signed root");
         Self {
@@ -189,7 +190,7 @@ impl Authority {
 
     /// An intermediate CA issued by this one, P-256.
     pub fn intermediate(&self, common_name: &str) -> Self {
-        let key = KeyKind::EcdsaP256.generate();
+        let key = KeyKind::EcdsaP256.generate_pair();
         let params = ca_params(common_name);
         let cert = params.signed_by(&key, &self.issuer).expect("intermediate");
         let pem = cert.pem();
@@ -203,7 +204,7 @@ impl Authority {
 
     /// Issues a certificate as `request` describes.
     pub fn issue(&self, request: &CertRequest) -> IssuedCert {
-        let key = request.key.generate();
+        let key = request.key.generate_pair();
         let params = request.params();
         let cert = params
             .signed_by(&key, &self.issuer)

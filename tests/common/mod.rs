@@ -552,3 +552,152 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+impl Client {
+    /// Sends `bytes` as they are, then reads until the server closes.
+    pub fn exchange(&self, addr: SocketAddr, bytes: &[u8]) -> Result<String, rustls::Error> {
+        let mut stream = self.connect(addr)?;
+        stream.write_all(bytes).map_err(tls_error)?;
+        stream.flush().map_err(tls_error)?;
+        read_to_end(&mut stream)
+    }
+
+    /// One `GET path` with these extra header lines and `Connection: close`.
+    pub fn get_with(&self, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+        let mut stream = self.connect(addr).expect("handshake");
+        let mut all = headers.to_vec();
+        all.push(("connection", "close"));
+        send_request(&mut stream, path, &all).expect("send");
+        read_to_end(&mut stream).expect("response")
+    }
+}
+
+/// The status code of the first response in `text`.
+pub fn status_of(text: &str) -> u16 {
+    text.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Every status line in `text`, in order.
+pub fn statuses(text: &str) -> Vec<u16> {
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text[at + 9..at + 12].parse().ok())
+        .collect()
+}
+
+/// An HTTPS server for JWKS and OIDC discovery documents, counting every fetch.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    state: Arc<std::sync::Mutex<JwksState>>,
+}
+
+#[derive(Default)]
+struct JwksState {
+    jwks: String,
+    fetches: usize,
+    discovery_fetches: usize,
+}
+
+impl JwksServer {
+    /// Serves `jwks` over TLS with a certificate for 127.0.0.1 from the test server root.
+    pub fn start(pki: &TestPki, jwks: String) -> Self {
+        let cert = pki.server_root.issue(&CertRequest::server(&["127.0.0.1"]));
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes())
+                .collect::<Result<_, _>>()
+                .expect("chain");
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(std::sync::Mutex::new(JwksState {
+            jwks,
+            ..Default::default()
+        }));
+        let serving = state.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (config, state) = (config.clone(), serving.clone());
+                std::thread::spawn(move || serve_jwks(stream, config, &state, addr));
+            }
+        });
+        Self { addr, state }
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    pub fn uri(&self) -> String {
+        format!("{}/jwks.json", self.issuer())
+    }
+
+    pub fn set_jwks(&self, jwks: String) {
+        self.state.lock().unwrap().jwks = jwks;
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.state.lock().unwrap().fetches
+    }
+
+    pub fn discovery_fetches(&self) -> usize {
+        self.state.lock().unwrap().discovery_fetches
+    }
+}
+
+fn serve_jwks(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    state: &std::sync::Mutex<JwksState>,
+    addr: SocketAddr,
+) {
+    let Ok(conn) = rustls::ServerConnection::new(config) else {
+        return;
+    };
+    let mut stream = StreamOwned::new(conn, tcp);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+    let body = {
+        let mut state = state.lock().unwrap();
+        if path == "/jwks.json" {
+            state.fetches += 1;
+            Some(state.jwks.clone())
+        } else if path == "/.well-known/openid-configuration" {
+            state.discovery_fetches += 1;
+            let issuer = format!("https://127.0.0.1:{}", addr.port());
+            Some(format!(
+                r#"{{"issuer":"{issuer}","jwks_uri":"{issuer}/jwks.json"}}"#
+            ))
+        } else {
+            None
+        }
+    };
+    let response = match body {
+        Some(body) => format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        None => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned(),
+    };
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.flush();
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+}
