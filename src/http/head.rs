@@ -237,10 +237,9 @@ fn framing(
     }
     match lengths.split_first() {
         None => Ok(BodyFraming::Empty),
-        Some((first, rest)) if rest.iter().all(|length| length == first) => match first {
-            0 => Ok(BodyFraming::Empty),
-            length => Ok(BodyFraming::Length(*length)),
-        },
+        Some((first, rest)) if rest.iter().all(|length| length == first) => {
+            Ok(BodyFraming::Length(*first))
+        }
         Some(_) => Err(HttpError::Malformed("conflicting Content-Length values")),
     }
 }
