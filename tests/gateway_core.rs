@@ -35,16 +35,6 @@ on_both_drivers!(
     a_large_response_and_a_large_upload_arrive_intact,
 );
 
-fn start_mtls(driver: Driver) -> (TestPki, EchoBackend, Gateway) {
-    let pki = TestPki::new();
-    let (backend, backend_addr) = echo_backend();
-    let port = free_port();
-    let config = pki.mtls_config(port, &[backend_addr]);
-    let gateway =
-        Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
-    (pki, backend, gateway)
-}
-
 fn good_certificate_reaches_the_backend(driver: Driver) {
     let (pki, backend, gateway) = start_mtls(driver);
 

@@ -10,12 +10,7 @@ use common::*;
 on_both_drivers!(fds_and_threads_return_to_baseline_after_many_connections);
 
 fn fds_and_threads_return_to_baseline_after_many_connections(driver: Driver) {
-    let pki = TestPki::new();
-    let (backend, backend_addr) = echo_backend();
-    let port = free_port();
-    let config = pki.mtls_config(port, &[backend_addr]);
-    let gateway =
-        Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
+    let (pki, backend, gateway) = start_mtls(driver);
     // The start-up probe's connection must be gone before the baseline is taken.
     let idle = || gateway.metric("srrrs_connections_open") == 0.0;
     assert!(eventually(Duration::from_secs(10), idle));

@@ -67,14 +67,7 @@ impl EchoBackend {
         let backend = Self {
             received: Arc::default(),
         };
-        let serving = backend.clone();
-        thread::Builder::new()
-            .name("echo-backend".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    serving.spawn_connection(stream);
-                }
-            })?;
+        backend.serve(move || listener.accept().map(|(stream, _)| stream))?;
         Ok((backend, bound))
     }
 
@@ -84,15 +77,26 @@ impl EchoBackend {
         let backend = Self {
             received: Arc::default(),
         };
-        let serving = backend.clone();
+        backend.serve(move || listener.accept().map(|(stream, _)| stream))?;
+        Ok(backend)
+    }
+
+    /// Serves every connection `accept` yields, each on a thread of its own.
+    fn serve<S, A>(&self, mut accept: A) -> io::Result<()>
+    where
+        S: Read + Write + Send + 'static,
+        A: FnMut() -> io::Result<S> + Send + 'static,
+    {
+        let serving = self.clone();
         thread::Builder::new()
             .name("echo-backend".into())
-            .spawn(move || {
-                for stream in listener.incoming().flatten() {
-                    serving.spawn_connection(stream);
+            .spawn(move || loop {
+                match accept() {
+                    Ok(stream) => serving.spawn_connection(stream),
+                    Err(_) => thread::sleep(std::time::Duration::from_millis(10)),
                 }
             })?;
-        Ok(backend)
+        Ok(())
     }
 
     /// Every request received so far, in order.

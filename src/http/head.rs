@@ -120,9 +120,13 @@ pub fn parse(input: &[u8], limits: HeadLimits) -> Result<Option<RequestHead>, Ht
         let start = part.as_ptr() as usize - base;
         start..start + part.len()
     };
-    let method = range_of(request.method.unwrap_or_default().as_bytes());
-    let target = range_of(request.path.unwrap_or_default().as_bytes());
-    let minor_version = request.version.unwrap_or(1);
+    let (Some(method), Some(target), Some(minor_version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(HttpError::Malformed("malformed request line"));
+    };
+    let method = range_of(method.as_bytes());
+    let target = range_of(target.as_bytes());
     let fields = request
         .headers
         .iter()

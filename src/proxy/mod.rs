@@ -105,6 +105,14 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         device: facts.client.as_ref(),
     };
     serve_requests(&mut reader, &mut writer, &client).await;
+    send_pending_alert(&mut writer).await;
+}
+
+/// Sends what rustls still has queued (the alert for a client's bad TLS input, say),
+/// within a short limit. After a clean close there is nothing.
+async fn send_pending_alert(writer: &mut TlsWriter) {
+    let abort = Abort::new();
+    let _ = monoio::time::timeout(Duration::from_secs(1), writer.flush(abort.handle())).await;
 }
 
 async fn handshake(socket: TcpStream, worker: &Worker) -> Option<TlsSession> {

@@ -208,8 +208,14 @@ impl Handshake {
 /// Hands ciphertext to rustls and processes it.
 fn feed(conn: &mut ServerConnection, mut input: &[u8]) -> Result<(), rustls::Error> {
     while !input.is_empty() {
-        if conn.read_tls(&mut input).is_err() {
-            return Err(rustls::Error::General("TLS input buffer full".into()));
+        match conn.read_tls(&mut input) {
+            Ok(0) => {
+                return Err(rustls::Error::General(
+                    "TLS input after the peer closed".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => return Err(rustls::Error::General("TLS input buffer full".into())),
         }
         conn.process_new_packets()?;
     }

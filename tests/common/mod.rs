@@ -156,6 +156,17 @@ pub fn yaml_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// The echo backend behind a gateway with the default mTLS config and an admin listener.
+pub fn start_mtls(driver: Driver) -> (TestPki, EchoBackend, Gateway) {
+    let pki = TestPki::new();
+    let (backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let config = pki.mtls_config(port, &[backend_addr]);
+    let gateway =
+        Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
+    (pki, backend, gateway)
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
