@@ -208,8 +208,8 @@ fn worker_count(configured: usize) -> usize {
     thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Binds each address once per worker. A configured port 0 becomes the port the first
-/// bind got, so that every worker shares it.
+/// Binds each address once per worker, after checking that no other process listens
+/// there. A configured port 0 becomes one free port that every worker shares.
 fn bind_all(
     addrs: &[SocketAddr],
     workers: usize,
@@ -217,7 +217,10 @@ fn bind_all(
     let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &configured in addrs {
-        let mut addr = configured;
+        let mut addr = socket::claim(configured).map_err(|error| StartError::Bind {
+            addr: configured,
+            error,
+        })?;
         for listeners in per_worker.iter_mut() {
             let listener =
                 socket::bind_reuseport(addr).map_err(|error| StartError::Bind { addr, error })?;

@@ -27,6 +27,23 @@ pub fn bind_reuseport(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Checks that no other socket listens on `addr`, and returns it with a port 0 resolved.
+/// Every worker binds with `SO_REUSEPORT`, which would also let a second process (an
+/// old instance with an old CRL, say) silently share the port; a plain bind first
+/// makes that an "address in use" error instead.
+pub fn claim(addr: SocketAddr) -> io::Result<SocketAddr> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    let bound = socket.local_addr()?;
+    bound
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP socket"))
+}
+
 /// Writes all of `buffer`, or fails; the buffer comes back either way.
 pub async fn send_all<W: CancelableAsyncWriteRent>(
     writer: &mut W,

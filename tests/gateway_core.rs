@@ -327,7 +327,9 @@ fn certificate_of_an_issuer_without_crl_is_refused_when_crls_are_required(driver
     assert!(backend.received().is_empty());
     // The client sees the alert a moment before the gateway counts it.
     let sample = "srrrs_tls_handshake_failures_total{reason=\"revocation_unknown\"}";
-    assert!(eventually(Duration::from_secs(5), || gateway.metric(sample) == 1.0));
+    assert!(eventually(Duration::from_secs(5), || gateway
+        .metric(sample)
+        == 1.0));
 }
 
 fn expired_crl_refuses_by_default_and_admits_with_use_stale(driver: Driver) {

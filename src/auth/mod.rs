@@ -77,6 +77,7 @@ pub enum Verdict {
 /// The token policy of an ingress, shared by every worker.
 #[derive(Debug)]
 pub struct Authorizer {
+    issuer: String,
     validations: Vec<(Algorithm, Validation)>,
     policy: ClaimPolicy,
     exported: Vec<ClaimPath>,
@@ -132,6 +133,7 @@ impl Authorizer {
             max_refresh: config.max_refresh_interval,
         };
         let authorizer = Self {
+            issuer: issuer.to_owned(),
             validations,
             policy,
             exported,
@@ -239,6 +241,13 @@ impl Authorizer {
         let mut outcome = Err(invalid("no key accepts this algorithm"));
         for key in jwks.candidates(kid, header.alg) {
             match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+                // jsonwebtoken also accepts an array holding the issuer; RFC 7519
+                // §4.1.1 makes `iss` one string, matched exactly here.
+                Ok(data)
+                    if data.claims.get("iss").and_then(Value::as_str) != Some(&self.issuer) =>
+                {
+                    return Err(invalid("wrong issuer"));
+                }
                 Ok(data) => {
                     return Ok(Verified {
                         claims: data.claims,
@@ -256,8 +265,8 @@ impl Authorizer {
 
     /// The cache entry for verified claims: the identity, unless the policy refuses it.
     fn judge(&self, claims: &Map<String, Value>, kid: Option<String>) -> CachedToken {
-        let expires = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-        let not_before = claims.get("nbf").and_then(Value::as_u64);
+        let expires = claims.get("exp").and_then(numeric_date).unwrap_or(0);
+        let not_before = claims.get("nbf").and_then(numeric_date);
         if let Some(unmet) = self.policy.first_unmet(claims) {
             tracing::debug!(claim = unmet.as_str(), "token fails the claim policy");
             return CachedToken {
@@ -297,6 +306,13 @@ enum Unverified {
     UnknownKid,
     /// It is not valid, for this reason.
     Invalid(&'static str),
+}
+
+/// A NumericDate (RFC 7519 §2): seconds, possibly fractional, truncated to whole ones.
+fn numeric_date(value: &Value) -> Option<u64> {
+    value
+        .as_u64()
+        .or_else(|| value.as_f64().filter(|v| *v >= 0.0).map(|v| v as u64))
 }
 
 /// A claim as header text: strings as they are, anything else as JSON.

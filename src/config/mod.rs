@@ -35,6 +35,7 @@ impl LoadedConfig {
             file: self.path.clone(),
             source: self.source.clone(),
             items: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 }
@@ -60,6 +61,7 @@ pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
         file: path.to_owned(),
         source: source.clone(),
         items: Vec::new(),
+        warnings: Vec::new(),
     };
     let mut unknown = Vec::new();
     let mut failed_at = None;
@@ -86,7 +88,7 @@ pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
         Ok(_) => Err(problems.into_error()),
         Err(error) => {
             let line = error.location().map(|at| at.line() as usize);
-            let field = failed_at.unwrap_or_default();
+            let field = failed_at.filter(|path| path != "?").unwrap_or_default();
             problems
                 .items
                 .push(Problem::new(&field, line, yaml_message(&error)));
@@ -101,6 +103,7 @@ pub struct Problems {
     file: PathBuf,
     source: SourceMap,
     items: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Problems {
@@ -108,6 +111,20 @@ impl Problems {
     pub fn push(&mut self, path: &str, message: impl Into<String>) {
         let line = self.source.line_of(path);
         self.items.push(Problem::new(path, line, message.into()));
+    }
+
+    /// Records something that works but is probably not what the operator meant.
+    pub fn warn(&mut self, path: &str, message: impl Into<String>) {
+        let line = self.source.line_of(path);
+        self.warnings.push(Problem::new(path, line, message.into()));
+    }
+
+    /// The warnings recorded so far, each as `file:line: field: message`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings
+            .iter()
+            .map(|warning| warning.display_in(&self.file))
+            .collect()
     }
 
     /// How many problems have been found.
@@ -205,10 +222,22 @@ fn yaml_options() -> serde_saphyr::Options {
 fn yaml_message(error: &serde_saphyr::Error) -> String {
     let text = error.to_string();
     let first = text.lines().next().unwrap_or_default();
-    match first.rfind(" at line ") {
-        Some(cut) => first[..cut].to_owned(),
-        None => first.to_owned(),
+    let message = match first.rfind(" at line ") {
+        Some(cut) => &first[..cut],
+        None => first,
+    };
+    // Advice about the parser's own options is no help to an operator.
+    let message = message
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(message);
+    if message.contains("expected a duration") {
+        return format!("{message} with a unit, such as \"500ms\", \"10s\" or \"5m\"");
     }
+    if message.contains("unexpected end of input") {
+        return "the file is empty or ends too early".to_owned();
+    }
+    message.to_owned()
 }
 
 fn located_path(path: &serde_path_to_error::Path) -> String {

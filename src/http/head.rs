@@ -197,14 +197,35 @@ fn check(head: &mut RequestHead) -> Result<(), HttpError> {
         .into_iter()
         .filter(|token| !matches!(token.as_str(), "close" | "keep-alive" | "upgrade"))
         .collect();
+    if head
+        .connection_options
+        .iter()
+        .any(|name| END_TO_END.contains(&name.as_str()))
+    {
+        // Dropping these as hop-by-hop would change how the backend frames the request.
+        return Err(HttpError::Malformed(
+            "Connection names a field that must reach the backend",
+        ));
+    }
     Ok(())
 }
+
+/// Fields a request cannot mark hop-by-hop (RFC 9110 §7.6.1): the backend needs them
+/// to read the request as the gateway read it.
+const END_TO_END: [&str; 3] = ["host", "content-length", "transfer-encoding"];
 
 fn check_request_line(head: &RequestHead) -> Result<(), HttpError> {
     if head.method() == "CONNECT" {
         return Err(HttpError::Malformed("CONNECT is not supported"));
     }
     let target = head.target();
+    if target.contains(['#', '\\']) {
+        // No fragment in a request target (RFC 9112 §3.2), and no backslash, which some
+        // backends read as a path separator.
+        return Err(HttpError::Malformed(
+            "invalid character in the request target",
+        ));
+    }
     let origin_form = target.starts_with('/');
     let asterisk_form = target == "*" && head.method() == "OPTIONS";
     if !origin_form && !asterisk_form {

@@ -8,15 +8,23 @@ use std::borrow::Cow;
 use super::head::{is_token_byte, BodyFraming, RequestHead};
 use crate::config::{IdentityHeadersConfig, LoadedConfig, Problems};
 
-/// Fields removed from every request before the gateway adds its own.
-const HOP_BY_HOP: [&str; 7] = [
+/// Fields removed from every request: hop-by-hop fields, framing fields (written anew
+/// from what the gateway framed), and claims about the client's address or scheme that
+/// only the gateway, as the first hop, can make.
+const ALWAYS_REMOVED: [&str; 13] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "te",
     "upgrade",
+    "content-length",
+    "transfer-encoding",
+    "forwarded",
     "x-forwarded-for",
     "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
 ];
 
 /// The fields a request loses on its way through, decided once per ingress.
@@ -29,17 +37,22 @@ impl FieldFilter {
     /// Removes the hop-by-hop fields, `extra` (the identity header names, lowercase), and
     /// `Authorization` unless `keep_authorization`.
     pub fn new(extra: impl IntoIterator<Item = String>, keep_authorization: bool) -> Self {
-        let mut removed: Vec<String> = HOP_BY_HOP.iter().map(|name| (*name).to_owned()).collect();
-        removed.extend(extra.into_iter().map(|name| name.to_ascii_lowercase()));
+        let mut removed: Vec<String> = ALWAYS_REMOVED
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect();
+        removed.extend(extra.into_iter().map(|name| normalized(&name)));
         if !keep_authorization {
             removed.push("authorization".into());
         }
-        removed.push("content-length".into());
         Self { removed }
     }
 
+    /// Names are compared with `_` read as `-`: backends that map fields to CGI-style
+    /// variables (WSGI, Rack, PHP-FPM) cannot tell `x_auth_subject` from
+    /// `x-auth-subject`, so a client's underscore spelling must go too.
     fn removes(&self, name: &str, head: &RequestHead) -> bool {
-        let listed = |names: &[String]| names.iter().any(|n| n.eq_ignore_ascii_case(name));
+        let listed = |names: &[String]| names.iter().any(|listed| same_field(name, listed));
         listed(&self.removed) || listed(&head.connection_options)
     }
 }
@@ -138,8 +151,12 @@ pub fn write_forwarded_head(
             push_field(out, name, value);
         }
     }
-    if let BodyFraming::Length(length) = head.framing {
-        push_field(out, "content-length", length.to_string().as_bytes());
+    match head.framing {
+        BodyFraming::Length(length) => {
+            push_field(out, "content-length", length.to_string().as_bytes())
+        }
+        BodyFraming::Chunked => push_field(out, "transfer-encoding", b"chunked"),
+        BodyFraming::Empty => {}
     }
     if head.websocket_upgrade {
         push_field(out, "connection", b"upgrade");
@@ -153,6 +170,24 @@ pub fn write_forwarded_head(
         }
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// A field name lowercased, with `_` as `-`.
+fn normalized(name: &str) -> String {
+    name.bytes().map(|b| char::from(fold(b))).collect()
+}
+
+/// Whether two field names are the same once case and `_`/`-` are set aside.
+fn same_field(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| fold(x) == fold(y))
+}
+
+fn fold(byte: u8) -> u8 {
+    if byte == b'_' {
+        b'-'
+    } else {
+        byte.to_ascii_lowercase()
+    }
 }
 
 fn push_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {

@@ -169,8 +169,12 @@ impl Exchange {
 
     /// A request broke off after part of it reached the backend: its response will not
     /// come. `response` is sent only if no byte of a response is in flight.
+    /// A request side that broke off first keeps its own answer: a backend closing in
+    /// reaction to that is no news to the client.
     pub fn poison(&self, response: GatewayResponse) {
-        *self.final_response.borrow_mut() = Some((response, true));
+        if !self.poisoned.get() {
+            *self.final_response.borrow_mut() = Some((response, true));
+        }
         self.poisoned.set(true);
         self.requests_done.set(true);
         self.wake.fire();

@@ -21,6 +21,9 @@ enum After {
     Continue,
     /// Close the client connection (a response asked for it, or the backend broke).
     Close,
+    /// The backend broke a response of which nothing was passed on: answer 502 for it,
+    /// then close.
+    BadGateway(&'static str),
 }
 
 /// Relays responses until the exchange is over, then sends the gateway's final response
@@ -64,10 +67,23 @@ pub async fn relay_responses(
             // Woken: the request side is done; the loop's first check decides.
             Err(_) => After::Continue,
         };
-        if after == After::Close {
-            let _ = client.close(exchange.cancel()).await;
-            exchange.abort();
-            return;
+        match after {
+            After::Continue => {}
+            After::Close => {
+                let _ = client.close(exchange.cancel()).await;
+                exchange.abort();
+                return;
+            }
+            After::BadGateway(reason) => {
+                let response = GatewayResponse::bad_gateway(reason);
+                worker.metrics.gateway_response(response.status);
+                let _ = client
+                    .write_all(&response.to_bytes(true), exchange.cancel())
+                    .await;
+                let _ = client.close(exchange.cancel()).await;
+                exchange.abort();
+                return;
+            }
         }
     }
 }
@@ -89,11 +105,14 @@ fn pass_on(
             debug!("backend sent bytes no request asked for");
             return After::Close;
         };
+        // Where this response began in `out`, while none of it has been passed on.
+        let untouched = tracker.at_response_start().then_some(out.len());
+
         let (used, boundary) = match tracker.advance(input, front.is_head, out) {
             Ok(step) => step,
             Err(error) => {
                 debug!(?error, "backend response is malformed");
-                return After::Close;
+                return broken(out, untouched, "the backend's response was not valid HTTP");
             }
         };
         input = &input[used..];
@@ -117,11 +136,23 @@ fn pass_on(
             }
             Some(Boundary::Switched) => {
                 debug!("backend switched protocols unasked");
-                return After::Close;
+                return broken(out, untouched, "the backend switched protocols unasked");
             }
         }
     }
     After::Continue
+}
+
+/// A response the backend broke: answered with 502 if none of it has been passed on
+/// (`untouched` is where it began in `out`), else the connection just closes.
+fn broken(out: &mut Vec<u8>, untouched: Option<usize>, reason: &'static str) -> After {
+    match untouched {
+        Some(start) => {
+            out.truncate(start);
+            After::BadGateway(reason)
+        }
+        None => After::Close,
+    }
 }
 
 /// The backend closed its side.
