@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+command -v cc >/dev/null || missing+=(build-essential)
+command -v cmake >/dev/null || missing+=(cmake)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
@@ -12,7 +14,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
+  # Debian's nginx package starts a system instance on port 80; the tests start their own.
+  $sudo systemctl stop nginx 2>/dev/null || $sudo service nginx stop 2>/dev/null || true
 fi
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use srrrs_edge::config::{self, IoDriverChoice};
@@ -104,6 +104,9 @@ fn run(
     if let Some(driver) = io_driver {
         settings.io_driver = driver;
     }
+    for warning in &settings.warnings {
+        warn!("{warning}");
+    }
     runtime::start(settings).map_err(|e| e.to_string())?;
     let signal = runtime::wait_for_shutdown_signal();
     info!(signal, "shutting down");
@@ -112,7 +115,20 @@ fn run(
 
 fn check(path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
-    Settings::build(&loaded).map_err(|e| e.to_string())?;
+    let settings = Settings::build(&loaded).map_err(|e| e.to_string())?;
+    let mut warnings = settings.warnings.clone();
+    if let Some(authorizer) = &settings.ingress.auth {
+        if let Err(error) = authorizer.fetch_keys_now() {
+            warnings.push(format!(
+                "{}: the IdP's keys could not be loaded now ({error}); until they are, every \
+                 request is refused",
+                path.display()
+            ));
+        }
+    }
+    for warning in &warnings {
+        eprintln!("warning: {warning}");
+    }
     println!("{}: ok", path.display());
     Ok(())
 }

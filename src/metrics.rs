@@ -17,7 +17,7 @@ use crate::tls::HandshakeRefusal;
 const REFUSAL_KINDS: usize = HandshakeRefusal::ALL.len();
 
 /// The statuses the gateway answers with itself.
-const GATEWAY_STATUSES: [u16; 7] = [400, 401, 403, 431, 502, 503, 504];
+const GATEWAY_STATUSES: [u16; 5] = [400, 401, 403, 431, 502];
 
 /// Token refusal reasons, as labelled.
 const AUTH_REASONS: [&str; 4] = [

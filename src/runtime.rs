@@ -14,7 +14,7 @@ use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, Runtime, RuntimeBuilder};
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, IoDriverChoice, LimitsConfig, LoadedConfig};
+use crate::config::{self, ConfigError, IoDriverChoice, LimitsConfig, LoadedConfig};
 use crate::ingress::Ingress;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Worker};
@@ -40,6 +40,8 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     /// The ingress served.
     pub ingress: Ingress,
+    /// Settings that work but are probably not what was meant, as `file:line: field: why`.
+    pub warnings: Vec<String>,
 }
 
 impl Settings {
@@ -48,6 +50,7 @@ impl Settings {
     pub fn build(loaded: &LoadedConfig) -> Result<Self, ConfigError> {
         let config = &loaded.config;
         let mut problems = loaded.problems();
+        config::check_values(config, &mut problems);
 
         if config.listen.is_empty() {
             problems.push("listen", "at least one address is required");
@@ -79,6 +82,7 @@ impl Settings {
 
         match ingress {
             Some(ingress) if problems.is_empty() => Ok(Self {
+                warnings: problems.warnings(),
                 listen,
                 workers: config.runtime.workers,
                 pin_workers: config.runtime.pin_workers,

@@ -348,7 +348,7 @@ fn expired_crl_refuses_by_default_and_admits_with_use_stale(driver: Driver) {
     let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
     let alert = alert_of(Client::new(&pki, Some(&pki.good)).get(gateway.addr, "/"));
     assert_eq!(alert, AlertDescription::UnknownCA);
-    assert!(gateway.log_text().contains("CRL has expired"));
+    assert!(gateway.log_text().contains("device CA expired at"));
     drop(gateway);
 
     let port = free_port();
@@ -572,4 +572,87 @@ fn the_design_brief_example_loads_with_only_what_it_lacks_added() {
     assert_eq!(auth.required_claims["clearance_level"], "high");
     let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/reference.yaml");
     srrrs_edge::config::load(&reference).expect("the reference config parses");
+}
+
+#[test]
+fn a_second_instance_cannot_take_the_same_port() {
+    let (pki, _backend, gateway) = start_mtls(Driver::IoUring);
+    let config = pki.mtls_config(gateway.addr.port(), &["127.0.0.1:1".into()]);
+    let path = pki.write("second.yaml", &config);
+    let output = Command::new(gateway_binary())
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_limits_that_would_refuse_everything_and_warns_about_ignored_settings() {
+    let pki = TestPki::new();
+    let config = pki.mtls_config(8443, &["127.0.0.1:1".into()])
+        + "limits: {handshake_timeout: 0s, max_headers: 0}\n";
+    let path = pki.write("limits.yaml", &config);
+    let output = Command::new(gateway_binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("limits.handshake_timeout: must be longer than zero"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("limits.max_headers: must be between 1 and 10000"),
+        "{stderr}"
+    );
+
+    let ignored = pki
+        .mtls_config(8443, &["127.0.0.1:1".into()])
+        .replace("mode: mtls", "mode: tls")
+        .replace(
+            "  upstream:",
+            "  application_auth: {type: none, issuer: \"https://x\"}\n  upstream:",
+        );
+    let path = pki.write("ignored.yaml", &ignored);
+    let output = Command::new(gateway_binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("ingress.transport_security.mode: is tls"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ingress.application_auth.type: is none"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_warns_when_a_trusted_ca_has_no_crl_and_crls_are_required() {
+    let pki = TestPki::new();
+    let config = pki.mtls_config(8443, &["127.0.0.1:1".into()]).replace(
+        "crl_files: [device-root.crl, device-ca.crl]",
+        "crl_files: [device-ca.crl]",
+    );
+    let path = pki.write("no-root-crl.yaml", &config);
+    let output = Command::new(gateway_binary())
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .expect("check");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no CRL from the trusted CA") && stderr.contains("test device root"),
+        "{stderr}"
+    );
 }

@@ -154,6 +154,11 @@ impl Authorizer {
         Some(Some(Arc::new(authorizer)))
     }
 
+    /// Fetches the keys once, now, as `check` does to tell whether the IdP is reachable.
+    pub fn fetch_keys_now(&self) -> Result<usize, String> {
+        fetch::load_now(&self.source, &self.fetch, &self.keys)
+    }
+
     /// Starts the background fetcher that keeps the keys fresh.
     pub fn start_refreshing(&self) -> std::io::Result<()> {
         fetch::spawn(self.source.clone(), self.fetch.clone(), self.keys.clone())

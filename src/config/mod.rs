@@ -2,12 +2,14 @@
 //! with its field path and line. Loading what the fields point at (certificates, CRLs,
 //! backends) belongs to the layers that use them; they report through [`Problems`].
 
+mod check;
 mod schema;
 mod source;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use check::check_values;
 pub use schema::*;
 pub use source::SourceMap;
 

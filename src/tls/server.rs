@@ -8,11 +8,13 @@ use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::server::{NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
-use tracing::{info, warn};
+use tracing::info;
 
-use super::revocation::RevocationSet;
+use super::revocation::{CrlSummary, RevocationSet};
 use super::{client_auth, identity, pem};
-use crate::config::{ClientAuthMode, ExpiredCrlPolicy, LoadedConfig, Problems, TlsVersion};
+use crate::config::{
+    ClientAuthMode, ExpiredCrlPolicy, LoadedConfig, Problems, RevocationScope, TlsVersion,
+};
 
 /// The ALPN protocol this gateway speaks.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -68,8 +70,12 @@ impl TlsPolicy {
         let (roots, client_ca_subjects) = client_roots(loaded, problems);
         let revocation = revocation_set(loaded, problems);
         let policy = &ingress.transport_security;
+        warn_about_missing_crls(loaded, &client_ca_subjects, &revocation, problems);
+        let no_roots = roots.is_empty() && policy.mode != ClientAuthMode::Tls;
         let verifier = match client_auth::verifier(policy, roots, &revocation, provider.clone()) {
             Ok(verifier) => Some(verifier),
+            // Why there are no roots has been said already, field by field.
+            Err(_) if no_roots => None,
             Err(error) => {
                 problems.push("ingress.transport_security", error);
                 None
@@ -145,8 +151,8 @@ fn server_key(
         });
 
     let certified = CertifiedKey::new(chain?, key?);
-    if let Err(error) = certified.keys_match() {
-        let message = format!("does not match the certificate in cert_chain: {error}");
+    if certified.keys_match().is_err() {
+        let message = "is not the key of the first certificate in cert_chain";
         problems.push("ingress.server_tls.private_key", message);
         return None;
     }
@@ -197,8 +203,12 @@ fn revocation_set(loaded: &LoadedConfig, problems: &mut Problems) -> RevocationS
     let mut set = RevocationSet::default();
     for (index, file) in policy.crl_files.iter().enumerate() {
         let field = format!("ingress.transport_security.crl_files[{index}]");
+        let before = set.summaries.len();
         if let Err(error) = set.load_file(&loaded.resolve(file)) {
             problems.push(&field, error);
+        }
+        for crl in &set.summaries[before..] {
+            warn_if_expired(crl, policy.expired_crl, &field, problems);
         }
     }
 
@@ -210,23 +220,59 @@ fn revocation_set(loaded: &LoadedConfig, problems: &mut Problems) -> RevocationS
              would be refused",
         );
     }
-    warn_about_expired(&set, policy.expired_crl);
     set
 }
 
-fn warn_about_expired(set: &RevocationSet, policy: ExpiredCrlPolicy) {
-    let now = unix_now();
-    for crl in set.summaries.iter().filter(|crl| crl.is_expired_at(now)) {
-        let next_update = describe_time(crl.next_update);
-        match policy {
-            ExpiredCrlPolicy::Refuse => warn!(
-                issuer = %crl.issuer, %next_update,
-                "CRL has expired: certificates it covers are refused until a fresh one is loaded"
-            ),
-            ExpiredCrlPolicy::UseStale => warn!(
-                issuer = %crl.issuer, %next_update,
-                "CRL has expired and is still applied (expired_crl: use_stale)"
-            ),
+fn warn_if_expired(
+    crl: &CrlSummary,
+    policy: ExpiredCrlPolicy,
+    field: &str,
+    problems: &mut Problems,
+) {
+    if !crl.is_expired_at(unix_now()) {
+        return;
+    }
+    let next_update = describe_time(crl.next_update);
+    let message = match policy {
+        ExpiredCrlPolicy::Refuse => format!(
+            "the CRL of {} expired at {next_update}: the certificates it covers are refused \
+             until a fresh one is loaded",
+            crl.issuer
+        ),
+        ExpiredCrlPolicy::UseStale => format!(
+            "the CRL of {} expired at {next_update} and is still applied (expired_crl: use_stale)",
+            crl.issuer
+        ),
+    };
+    problems.warn(field, message);
+}
+
+/// With CRLs required for the whole chain, every trusted CA needs a CRL of its own: it
+/// issued either the leaf or the top intermediate, whose status is checked.
+fn warn_about_missing_crls(
+    loaded: &LoadedConfig,
+    ca_subjects: &[String],
+    revocation: &RevocationSet,
+    problems: &mut Problems,
+) {
+    let policy = &loaded.config.ingress.transport_security;
+    let chain_checked = policy.revocation_scope == RevocationScope::Chain;
+    if policy.mode == ClientAuthMode::Tls || !policy.require_crl_check || !chain_checked {
+        return;
+    }
+    for subject in ca_subjects {
+        if !revocation
+            .summaries
+            .iter()
+            .any(|crl| &crl.issuer == subject)
+        {
+            problems.warn(
+                "ingress.transport_security.crl_files",
+                format!(
+                    "no CRL from the trusted CA {subject}: with require_crl_check and \
+                     revocation_scope chain, every chain through it is refused"
+                ),
+            );
         }
     }
 }

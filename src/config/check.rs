@@ -1,0 +1,102 @@
+//! Checks of values that need no file: ranges that would make the gateway refuse
+//! everything, and settings another setting makes meaningless (warnings).
+
+use std::time::Duration;
+
+use super::{ApplicationAuthKind, ClientAuthMode, Config, Problems};
+
+/// The largest `max_head_bytes` accepted.
+const MAX_HEAD_LIMIT: usize = 1024 * 1024;
+
+/// The smallest `max_head_bytes` accepted: RFC 9112 §3 suggests supporting request
+/// lines of at least 8000 octets; far below that, ordinary requests fail.
+const MIN_HEAD_LIMIT: usize = 1024;
+
+/// Records every out-of-range value and every setting that will be ignored.
+pub fn check_values(config: &Config, problems: &mut Problems) {
+    check_limits(config, problems);
+    check_auth(config, problems);
+    check_device_policy(config, problems);
+    if config.runtime.workers > 1024 {
+        problems.push(
+            "runtime.workers",
+            "at most 1024 workers (0 means one per CPU)",
+        );
+    }
+}
+
+fn check_limits(config: &Config, problems: &mut Problems) {
+    let limits = &config.limits;
+    let mut positive = |path: &str, value: Duration| {
+        if value.is_zero() {
+            problems.push(path, "must be longer than zero");
+        }
+    };
+    positive("limits.handshake_timeout", limits.handshake_timeout);
+    positive("limits.idle_timeout", limits.idle_timeout);
+    positive(
+        "ingress.upstream.connect_timeout",
+        config.ingress.upstream.connect_timeout,
+    );
+    if !(MIN_HEAD_LIMIT..=MAX_HEAD_LIMIT).contains(&limits.max_head_bytes) {
+        let message = format!("must be between {MIN_HEAD_LIMIT} and {MAX_HEAD_LIMIT} bytes");
+        problems.push("limits.max_head_bytes", message);
+    }
+    if !(1..=10_000).contains(&limits.max_headers) {
+        problems.push("limits.max_headers", "must be between 1 and 10000");
+    }
+}
+
+fn check_auth(config: &Config, problems: &mut Problems) {
+    let Some(auth) = &config.ingress.application_auth else {
+        return;
+    };
+    let field = |name: &str| format!("ingress.application_auth.{name}");
+    if auth.kind == ApplicationAuthKind::None {
+        let set = auth.issuer.is_some()
+            || auth.audience.is_some()
+            || !auth.required_claims.is_empty()
+            || auth.jwks_file.is_some()
+            || auth.jwks_uri.is_some()
+            || auth.discovery;
+        if set {
+            problems.warn(
+                &field("type"),
+                "is none: the token settings below it are ignored",
+            );
+        }
+        return;
+    }
+    for (name, value) in [
+        ("fetch_timeout", auth.fetch_timeout),
+        ("refresh_interval", auth.refresh_interval),
+        ("min_refresh_interval", auth.min_refresh_interval),
+        ("max_refresh_interval", auth.max_refresh_interval),
+    ] {
+        if value.is_zero() {
+            problems.push(&field(name), "must be longer than zero");
+        }
+    }
+    if auth.min_refresh_interval > auth.max_refresh_interval {
+        problems.push(
+            &field("min_refresh_interval"),
+            "must not exceed max_refresh_interval",
+        );
+    }
+}
+
+fn check_device_policy(config: &Config, problems: &mut Problems) {
+    let policy = &config.ingress.transport_security;
+    if policy.mode != ClientAuthMode::Tls {
+        return;
+    }
+    let set = !policy.client_ca_cert.as_slice().is_empty()
+        || !policy.crl_files.is_empty()
+        || policy.require_crl_check;
+    if set {
+        problems.warn(
+            "ingress.transport_security.mode",
+            "is tls: no client certificate is asked for, and the CA and CRL settings are ignored",
+        );
+    }
+}
