@@ -33,6 +33,8 @@ on_both_drivers!(
     server_keys_of_every_supported_type_work,
     refusals_are_counted_by_reason,
     a_large_response_and_a_large_upload_arrive_intact,
+    ipv4_and_ipv6_listeners_both_serve,
+    a_der_crl_revokes_like_a_pem_one,
 );
 
 fn good_certificate_reaches_the_backend(driver: Driver) {
@@ -655,4 +657,49 @@ fn check_warns_when_a_trusted_ca_has_no_crl_and_crls_are_required() {
         stderr.contains("no CRL from the trusted CA") && stderr.contains("test device root"),
         "{stderr}"
     );
+}
+
+fn ipv4_and_ipv6_listeners_both_serve(driver: Driver) {
+    let pki = TestPki::new();
+    let (backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let config = pki.mtls_config(port, &[backend_addr]).replace(
+        &format!("listen: [\"127.0.0.1:{port}\"]"),
+        &format!("listen: [\"127.0.0.1:{port}\", \"[::1]:{port}\"]"),
+    );
+    let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
+    let client = Client::new(&pki, Some(&pki.good));
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    for addr in [gateway.addr, v6] {
+        let response = client.get(addr, "/").expect("admitted");
+        assert!(response.starts_with("HTTP/1.1 200"), "{addr}: {response}");
+    }
+    let forwarded: Vec<String> = backend
+        .received()
+        .iter()
+        .filter_map(|r| r.header("x-forwarded-for").map(str::to_owned))
+        .collect();
+    assert_eq!(forwarded, ["127.0.0.1", "::1"]);
+}
+
+fn a_der_crl_revokes_like_a_pem_one(driver: Driver) {
+    use rustls::pki_types::pem::PemObject;
+    let pki = TestPki::new();
+    let pem = std::fs::read(pki.path("device-ca.crl")).expect("PEM CRL");
+    let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(&pem).expect("DER");
+    std::fs::write(pki.path("device-ca.crl.der"), der.as_ref()).expect("write DER");
+    let (backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let config = pki
+        .mtls_config(port, &[backend_addr])
+        .replace("device-ca.crl]", "device-ca.crl.der]");
+    let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
+
+    let alert = alert_of(Client::new(&pki, Some(&pki.revoked)).get(gateway.addr, "/"));
+    assert_eq!(alert, AlertDescription::CertificateRevoked);
+    assert!(Client::new(&pki, Some(&pki.good))
+        .get(gateway.addr, "/")
+        .expect("admitted")
+        .starts_with("HTTP/1.1 200"));
+    assert_eq!(backend.received().len(), 1);
 }
