@@ -25,6 +25,20 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum TicketKeyAction {
+    /// Put a new key first in a key file (made if missing), keeping older keys for
+    /// decryption. Distribute the file to every node of the PoP, then they reload it.
+    New {
+        /// The key file.
+        #[arg(short, long)]
+        file: PathBuf,
+        /// How many older keys to keep.
+        #[arg(long, default_value_t = 2)]
+        keep: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run the gateway.
     Run {
@@ -43,6 +57,11 @@ enum Command {
         /// The configuration file.
         #[arg(short, long)]
         config: PathBuf,
+    },
+    /// Manage session ticket keys.
+    TicketKey {
+        #[command(subcommand)]
+        action: TicketKeyAction,
     },
     /// Start a throwaway dev PKI, an echo backend and the gateway, and print curl commands.
     Demo {
@@ -70,6 +89,10 @@ fn main() -> ExitCode {
             io_driver,
         } => run(&config, workers, io_driver),
         Command::Check { config } => check(&config),
+        Command::TicketKey {
+            action: TicketKeyAction::New { file, keep },
+        } => srrrs_edge::tls::tickets::write_new_key(&file, keep)
+            .map(|()| println!("{}: new key first", file.display())),
         Command::Demo { port, io_driver } => demo(&DemoOptions { port, io_driver }),
     };
     match outcome {

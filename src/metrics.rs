@@ -12,6 +12,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::auth::AuthRefusal;
+use crate::tls::client_auth::DeviceVerifier;
+use crate::tls::tickets::Ticketer;
 use crate::tls::HandshakeRefusal;
 
 const REFUSAL_KINDS: usize = HandshakeRefusal::ALL.len();
@@ -33,8 +35,9 @@ const AUTH_REASONS: [&str; 4] = [
 pub struct WorkerMetrics {
     connections_accepted: AtomicU64,
     connections_open: AtomicI64,
-    handshakes_tls12: AtomicU64,
-    handshakes_tls13: AtomicU64,
+    /// Completed handshakes by [version (1.2, 1.3)][kind (full, resumed)].
+    handshakes: [[AtomicU64; 2]; 2],
+    live_revoked: AtomicU64,
     handshake_refusals: [AtomicU64; REFUSAL_KINDS],
     backend_connect_failures: AtomicU64,
     gateway_responses: [AtomicU64; GATEWAY_STATUSES.len()],
@@ -55,11 +58,14 @@ impl WorkerMetrics {
     }
 
     /// A handshake completed with the given TLS version.
-    pub fn handshake_completed(&self, version: Option<rustls::ProtocolVersion>) {
-        match version {
-            Some(rustls::ProtocolVersion::TLSv1_2) => bump(&self.handshakes_tls12),
-            _ => bump(&self.handshakes_tls13),
-        }
+    pub fn handshake_completed(&self, version: Option<rustls::ProtocolVersion>, resumed: bool) {
+        let version = usize::from(version != Some(rustls::ProtocolVersion::TLSv1_2));
+        bump(&self.handshakes[version][usize::from(resumed)]);
+    }
+
+    /// A live connection was closed because its certificate no longer verifies.
+    pub fn live_connection_revoked(&self) {
+        bump(&self.live_revoked);
     }
 
     /// A handshake was refused or failed.
@@ -108,6 +114,16 @@ fn read(counter: &AtomicU64) -> u64 {
 pub struct Metrics {
     workers: Mutex<Vec<Arc<WorkerMetrics>>>,
     io_driver: Mutex<String>,
+    tls: Mutex<Option<TlsCounters>>,
+}
+
+/// The TLS state shared by all workers, read when scraped.
+#[derive(Debug, Clone)]
+pub struct TlsCounters {
+    /// The device verifier (chain cache, revocation epoch).
+    pub device: Option<Arc<DeviceVerifier>>,
+    /// The ticketer.
+    pub tickets: Option<Arc<Ticketer>>,
 }
 
 impl Metrics {
@@ -119,6 +135,90 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(worker.clone());
         worker
+    }
+
+    /// Gives the exposition the TLS state to read.
+    pub fn set_tls_counters(&self, counters: TlsCounters) {
+        *self
+            .tls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(counters);
+    }
+
+    fn encode_tls_state(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let state = self
+            .tls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let Some(state) = state else { return Ok(()) };
+        let mut counters: Vec<(&str, &str, &str, u64)> = Vec::new();
+        if let Some(device) = &state.device {
+            let (hits, misses) = device.cache().counts();
+            counters.push(("chain_cache_lookups", "result", "hit", hits));
+            counters.push(("chain_cache_lookups", "result", "miss", misses));
+            counters.push((
+                "revocation_refusals",
+                "stage",
+                "verification",
+                device.revocation_refusals(),
+            ));
+        }
+        counters.push((
+            "revocation_refusals",
+            "stage",
+            "live_connection",
+            self.sum(|w| read(&w.live_revoked)),
+        ));
+        if let Some(tickets) = &state.tickets {
+            let counts = &tickets.counts;
+            counters.push((
+                "session_tickets",
+                "event",
+                "issued",
+                counts.issued.load(Ordering::Relaxed),
+            ));
+            counters.push((
+                "session_tickets",
+                "event",
+                "accepted",
+                counts.accepted.load(Ordering::Relaxed),
+            ));
+            counters.push((
+                "session_tickets",
+                "event",
+                "declined",
+                counts.declined.load(Ordering::Relaxed),
+            ));
+        }
+        let help = |name: &str| match name {
+            "chain_cache_lookups" => {
+                "Verified-chain cache lookups in full handshakes and re-checks"
+            }
+            "revocation_refusals" => "Certificates refused as revoked, by where it was found",
+            _ => "Session tickets issued, accepted for resumption, or declined",
+        };
+        let mut at = 0;
+        while at < counters.len() {
+            let name = counters[at].0;
+            let mut metric =
+                encoder.encode_descriptor(name, help(name), None, MetricType::Counter)?;
+            while at < counters.len() && counters[at].0 == name {
+                let (_, key, value, count) = counters[at];
+                ConstCounter::new(count).encode(metric.encode_family(&[(key, value)])?)?;
+                at += 1;
+            }
+        }
+        if let Some(device) = &state.device {
+            let metric = encoder.encode_descriptor(
+                "revocation_epoch",
+                "The revocation epoch in force",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(device.epoch() as i64).encode(metric)?;
+        }
+        Ok(())
     }
 
     /// Records which I/O driver the workers run on.
@@ -178,17 +278,18 @@ impl Collector for Metrics {
 
         let mut handshakes = encoder.encode_descriptor(
             "tls_handshakes",
-            "Completed TLS handshakes by version",
+            "Completed TLS handshakes by version and kind",
             None,
             MetricType::Counter,
         )?;
-        for (version, value) in [
-            ("1.2", self.sum(|w| read(&w.handshakes_tls12))),
-            ("1.3", self.sum(|w| read(&w.handshakes_tls13))),
-        ] {
-            let labels = [("version", version)];
-            ConstCounter::new(value).encode(handshakes.encode_family(&labels)?)?;
+        for (version_index, version) in ["1.2", "1.3"].into_iter().enumerate() {
+            for (kind_index, kind) in ["full", "resumed"].into_iter().enumerate() {
+                let value = self.sum(|w| read(&w.handshakes[version_index][kind_index]));
+                let labels = [("version", version), ("kind", kind)];
+                ConstCounter::new(value).encode(handshakes.encode_family(&labels)?)?;
+            }
         }
+        self.encode_tls_state(&mut encoder)?;
 
         let mut refusals = encoder.encode_descriptor(
             "tls_handshake_failures",

@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::config::{self, ConfigError, IoDriverChoice, LimitsConfig, LoadedConfig};
 use crate::ingress::Ingress;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TlsCounters};
 use crate::proxy::{self, Worker};
 use crate::{admin, socket};
 
@@ -171,6 +171,12 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             .start_refreshing()
             .map_err(|error| StartError::Runtime(error.to_string()))?;
     }
+    crate::reload::spawn(&settings.ingress.tls)
+        .map_err(|error| StartError::Runtime(error.to_string()))?;
+    metrics.set_tls_counters(TlsCounters {
+        device: settings.ingress.tls.device.clone(),
+        tickets: settings.ingress.tls.tickets.clone(),
+    });
     let ingress = Arc::new(settings.ingress);
     let cpus = if settings.pin_workers {
         core_affinity::get_core_ids().unwrap_or_default()
@@ -271,7 +277,12 @@ fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
         }
     };
     let (ingress, limits, metrics) = plan.worker;
-    let worker = Rc::new(Worker::new(ingress, limits, metrics.register_worker()));
+    let worker = Rc::new(Worker::new(
+        plan.index,
+        ingress,
+        limits,
+        metrics.register_worker(),
+    ));
     let serve = serve_listeners(plan.listeners, worker);
     match runtime {
         WorkerRuntime::IoUring(mut runtime) => {
@@ -330,6 +341,14 @@ fn collect_drivers(
 }
 
 async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>) {
+    if let Some(device) = worker.ingress.tls.device.clone() {
+        let live = worker.live.clone();
+        monoio::spawn(crate::proxy::live::watch(
+            live,
+            device,
+            worker.metrics.clone(),
+        ));
+    }
     let mut loops = Vec::new();
     for listener in listeners {
         match monoio::net::TcpListener::from_std(listener) {
@@ -376,17 +395,22 @@ fn log_startup(
     }
 }
 
-/// Blocks until SIGINT or SIGTERM arrives, and returns its name.
+/// Blocks until SIGINT or SIGTERM arrives, and returns its name. SIGHUP meanwhile asks
+/// for a reload.
 pub fn wait_for_shutdown_signal() -> &'static str {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
         // Without signal handling the default action (exit) still applies.
         loop {
             thread::park();
         }
     };
-    match signals.forever().next() {
-        Some(SIGTERM) => "SIGTERM",
-        _ => "SIGINT",
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => crate::reload::request(),
+            SIGTERM => return "SIGTERM",
+            _ => return "SIGINT",
+        }
     }
+    "SIGINT"
 }

@@ -39,6 +39,8 @@ on_both_drivers!(
     random_unknown_kids_cause_a_bounded_number_of_fetches,
     an_unreachable_jwks_admits_nothing,
     keys_are_found_by_oidc_discovery,
+    a_certificate_bound_token_must_name_the_connections_certificate,
+    an_unbound_token_is_refused_when_binding_is_mandatory,
 );
 
 struct Idps {
@@ -728,6 +730,61 @@ fn keys_are_found_by_oidc_discovery(driver: Driver) {
         "/",
         &[("authorization", &format!("Bearer {}", idp.sign(&claims)))],
     );
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert_eq!(backend.received().len(), 1);
+}
+
+/// Claims bound (RFC 8705) to the certificate with this DER.
+fn bound_claims(idp: &DevIdp, certificate: &[u8]) -> Map<String, Value> {
+    let mut claims = good_claims(idp);
+    let thumbprint = srrrs_edge::tls::identity::thumbprint(certificate);
+    claims.insert("cnf".into(), json!({ "x5t#S256": thumbprint }));
+    claims
+}
+
+fn a_certificate_bound_token_must_name_the_connections_certificate(driver: Driver) {
+    let setup = Setup::start(driver);
+    let idp = &setup.idps.es256;
+    let mine = idp.sign(&bound_claims(idp, &setup.pki.good.der));
+    let response = setup.bearer(&mine);
+    assert_eq!(status_of(&response), 200, "{response}");
+
+    let stolen = idp.sign(&bound_claims(idp, &setup.pki.second_ca_client.der));
+    let response = setup.bearer(&stolen);
+    assert_eq!(status_of(&response), 401, "{response}");
+    assert!(
+        response.contains("bound to another certificate"),
+        "{response}"
+    );
+    // From the cache too: the same token on the right connection still passes.
+    assert_eq!(status_of(&setup.bearer(&mine)), 200);
+    assert_eq!(setup.backend.received().len(), 2);
+}
+
+fn an_unbound_token_is_refused_when_binding_is_mandatory(driver: Driver) {
+    let pki = TestPki::new();
+    let idps = Idps::new();
+    pki.write("jwks.json", &idps.jwks());
+    let (backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let config = jwt_config(&pki, port, &[backend_addr], "jwks_file: jwks.json").replace(
+        "    type: jwt\n",
+        "    type: jwt\n    certificate_binding: required\n",
+    );
+    let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
+    let client = Client::new(&pki, Some(&pki.good));
+    let idp = &idps.es256;
+    let bearer = |token: String| format!("Bearer {token}");
+
+    let unbound = bearer(idp.sign(&good_claims(idp)));
+    let response = client.get_with(gateway.addr, "/", &[("authorization", &unbound)]);
+    assert_eq!(status_of(&response), 401, "{response}");
+    assert!(
+        response.contains("not bound to the client certificate"),
+        "{response}"
+    );
+    let bound = bearer(idp.sign(&bound_claims(idp, &pki.good.der)));
+    let response = client.get_with(gateway.addr, "/", &[("authorization", &bound)]);
     assert_eq!(status_of(&response), 200, "{response}");
     assert_eq!(backend.received().len(), 1);
 }

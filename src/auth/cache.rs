@@ -16,6 +16,8 @@ pub struct CachedToken {
     pub expires: u64,
     /// `nbf`, when present.
     pub not_before: Option<u64>,
+    /// `cnf.x5t#S256`: the certificate thumbprint the token is bound to, if any.
+    pub bound_to: Option<String>,
 }
 
 /// A worker's cache of verified tokens.
@@ -85,6 +87,7 @@ mod tests {
             user: None,
             expires,
             not_before: None,
+            bound_to: None,
         }
     }
 

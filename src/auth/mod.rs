@@ -18,7 +18,9 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::{ApplicationAuthConfig, ApplicationAuthKind, LoadedConfig, Problems};
+use crate::config::{
+    ApplicationAuthConfig, ApplicationAuthKind, CertificateBinding, LoadedConfig, Problems,
+};
 pub use bearer::bearer_token;
 use cache::{CachedToken, TokenCache};
 use claims::{ClaimPath, ClaimPolicy};
@@ -78,6 +80,7 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Authorizer {
     issuer: String,
+    binding: CertificateBinding,
     validations: Vec<(Algorithm, Validation)>,
     policy: ClaimPolicy,
     exported: Vec<ClaimPath>,
@@ -126,14 +129,19 @@ impl Authorizer {
             .collect();
         let fetch = FetchSettings {
             algorithms,
-            roots,
-            timeout: config.fetch_timeout,
+            fetcher: crate::fetch::Fetcher {
+                roots,
+                timeout: config.fetch_timeout,
+                max_body: fetch::MAX_DOCUMENT,
+                https_only: true,
+            },
             refresh_interval: config.refresh_interval,
             min_refresh: config.min_refresh_interval,
             max_refresh: config.max_refresh_interval,
         };
         let authorizer = Self {
             issuer: issuer.to_owned(),
+            binding: config.certificate_binding,
             validations,
             policy,
             exported,
@@ -180,7 +188,14 @@ impl Authorizer {
     }
 
     /// Checks the `Authorization` field values of one request.
-    pub fn authorize(&self, authorization: &[&[u8]], cache: &mut TokenCache) -> Verdict {
+    /// `certificate` is the connection's client-certificate thumbprint (base64url
+    /// SHA-256, RFC 8705 §3.1), when it has one.
+    pub fn authorize(
+        &self,
+        authorization: &[&[u8]],
+        certificate: Option<&str>,
+        cache: &mut TokenCache,
+    ) -> Verdict {
         let token = match bearer_token(authorization) {
             Ok(token) => token,
             Err(refusal) => return Verdict::Refused(refusal),
@@ -188,12 +203,12 @@ impl Authorizer {
         let now = unix_seconds();
         let keys = self.keys.snapshot();
         if let Some(cached) = cache.get(token, keys.generation) {
-            return self.replay(token, cached.clone(), cache, now);
+            return self.replay(token, cached.clone(), certificate, cache, now);
         }
         match self.verify(token, &keys.jwks) {
             Ok(verified) => {
                 let entry = self.judge(&verified.claims, verified.kid);
-                let verdict = self.replay(token, entry.clone(), cache, now);
+                let verdict = self.replay(token, entry.clone(), certificate, cache, now);
                 if matches!(
                     verdict,
                     Verdict::Allowed(_) | Verdict::Refused(AuthRefusal::InsufficientScope)
@@ -208,7 +223,14 @@ impl Authorizer {
     }
 
     /// The verdict for a token whose signature has been verified.
-    fn replay(&self, token: &str, entry: CachedToken, cache: &mut TokenCache, now: u64) -> Verdict {
+    fn replay(
+        &self,
+        token: &str,
+        entry: CachedToken,
+        certificate: Option<&str>,
+        cache: &mut TokenCache,
+        now: u64,
+    ) -> Verdict {
         if entry.expires.saturating_add(self.leeway) < now {
             cache.remove(token);
             return Verdict::Refused(AuthRefusal::InvalidToken("token expired"));
@@ -219,9 +241,28 @@ impl Authorizer {
         {
             return Verdict::Refused(AuthRefusal::InvalidToken("token not yet valid"));
         }
+        if let Err(reason) = self.check_binding(entry.bound_to.as_deref(), certificate) {
+            return Verdict::Refused(AuthRefusal::InvalidToken(reason));
+        }
         match entry.user {
             Some(user) => Verdict::Allowed(user),
             None => Verdict::Refused(AuthRefusal::InsufficientScope),
+        }
+    }
+
+    /// RFC 8705 §3: a bound token is good only on a connection with that certificate.
+    fn check_binding(
+        &self,
+        bound_to: Option<&str>,
+        certificate: Option<&str>,
+    ) -> Result<(), &'static str> {
+        match (bound_to, certificate) {
+            (Some(bound), Some(actual)) if bound == actual => Ok(()),
+            (Some(_), _) => Err("the token is bound to another certificate"),
+            (None, _) if self.binding == CertificateBinding::Required => {
+                Err("the token is not bound to the client certificate")
+            }
+            (None, _) => Ok(()),
         }
     }
 
@@ -272,12 +313,20 @@ impl Authorizer {
     fn judge(&self, claims: &Map<String, Value>, kid: Option<String>) -> CachedToken {
         let expires = claims.get("exp").and_then(numeric_date).unwrap_or(0);
         let not_before = claims.get("nbf").and_then(numeric_date);
+        let bound_to = claims.get("cnf").map(|cnf| {
+            // A confirmation that is not a string thumbprint binds to nothing that matches.
+            cnf.get("x5t#S256")
+                .and_then(Value::as_str)
+                .unwrap_or("(unreadable cnf)")
+                .to_owned()
+        });
         if let Some(unmet) = self.policy.first_unmet(claims) {
             tracing::debug!(claim = unmet.as_str(), "token fails the claim policy");
             return CachedToken {
                 user: None,
                 expires,
                 not_before,
+                bound_to,
             };
         }
         let text = |value: Option<&Value>| value.map(claim_text);
@@ -295,6 +344,7 @@ impl Authorizer {
             user: Some(Rc::new(user)),
             expires,
             not_before,
+            bound_to,
         }
     }
 }

@@ -133,6 +133,9 @@ pub struct IngressConfig {
     pub server_tls: ServerTlsConfig,
     /// How devices prove themselves: client certificates, CAs and revocation.
     pub transport_security: TransportSecurityConfig,
+    /// Cheap repeat handshakes. Default: on, with keys kept in memory.
+    #[serde(default)]
+    pub session_resumption: SessionResumptionConfig,
     /// How users prove themselves on each request. Default: no per-request check.
     #[serde(default)]
     pub application_auth: Option<ApplicationAuthConfig>,
@@ -249,12 +252,72 @@ pub struct TransportSecurityConfig {
     /// intermediates) or `leaf`. Default `chain`.
     #[serde(default)]
     pub revocation_scope: RevocationScope,
+    /// URLs (http or https) CRLs are fetched from, on `crl_refresh_interval`. A CRL that
+    /// cannot be fetched keeps its last good copy; with none, the certificates it would
+    /// cover have no known status. Default: none.
+    #[serde(default)]
+    pub crl_urls: Vec<String>,
+    /// How often `crl_urls` are fetched again. Default `5m`. (CRL files are reread as
+    /// soon as they change, and on SIGHUP.)
+    #[serde(default = "default_crl_refresh", with = "humantime_serde")]
+    pub crl_refresh_interval: Duration,
+    /// Verified chains remembered across workers, so that a device's next full handshake
+    /// skips path building and the chain's signature checks. Default `65536`; `0` off.
+    #[serde(default = "default_chain_cache_size")]
+    pub chain_cache_size: usize,
     /// What a CRL past its nextUpdate means. `refuse`: the status of every certificate
     /// it covers is unknown (RFC 5280 §6.3.3), so they are refused until a fresh CRL is
     /// loaded, whatever `require_crl_check` says. `use_stale`: it is still applied, with
     /// a warning. Default `refuse`.
     #[serde(default)]
     pub expired_crl: ExpiredCrlPolicy,
+}
+
+fn default_crl_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_chain_cache_size() -> usize {
+    65536
+}
+
+/// Session resumption with tickets (TLS 1.3, and RFC 5077 for TLS 1.2).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionResumptionConfig {
+    /// Issue and accept tickets. Default `true`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A ticket key file shared by the nodes of a PoP, so that a session started on one
+    /// resumes on another (format: see the README; `srrrs-edge ticket-key new -f FILE`
+    /// writes one). Reread when it changes. Default: keys generated in memory.
+    #[serde(default)]
+    pub ticket_key_file: Option<PathBuf>,
+    /// How long a ticket stays good after its key stops being the newest; also the
+    /// lifetime clients are told. Default `12h`.
+    #[serde(default = "default_ticket_lifetime", with = "humantime_serde")]
+    pub ticket_lifetime: Duration,
+    /// Without a key file: how often a new key is made. Default `12h`.
+    #[serde(default = "default_ticket_lifetime", with = "humantime_serde")]
+    pub key_rotation: Duration,
+}
+
+impl Default for SessionResumptionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ticket_key_file: None,
+            ticket_lifetime: default_ticket_lifetime(),
+            key_rotation: default_ticket_lifetime(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_ticket_lifetime() -> Duration {
+    Duration::from_secs(12 * 3600)
 }
 
 /// Whether and how client certificates are asked for.
@@ -349,6 +412,11 @@ pub struct ApplicationAuthConfig {
     /// signature check until its `exp`. Default `4096`; `0` turns the cache off.
     #[serde(default = "default_token_cache_size")]
     pub token_cache_size: usize,
+    /// RFC 8705 certificate binding: `optional` (default): a token carrying
+    /// `cnf.x5t#S256` must name the connection's client certificate; `required`: every
+    /// token must carry it.
+    #[serde(default)]
+    pub certificate_binding: CertificateBinding,
     /// Forward the client's `Authorization` header to the backend. Default `false`:
     /// the gateway has checked the token and passes on who the user is in identity
     /// headers, so backends (and their logs) never hold a replayable credential.
@@ -382,6 +450,17 @@ fn default_leeway() -> Duration {
 
 fn default_token_cache_size() -> usize {
     4096
+}
+
+/// Whether tokens must be bound to the client certificate (RFC 8705 §3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateBinding {
+    /// A bound token must match; an unbound one is accepted.
+    #[default]
+    Optional,
+    /// Every token must be bound to the connection's certificate.
+    Required,
 }
 
 /// The kinds of per-request authentication.

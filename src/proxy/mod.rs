@@ -5,6 +5,7 @@
 //! `upstream`.
 
 pub mod exchange;
+pub mod live;
 pub mod requests;
 pub mod responses;
 
@@ -34,27 +35,38 @@ const LINGER: Duration = Duration::from_secs(2);
 
 /// What one worker thread shares between its connections.
 pub struct Worker {
+    /// Which worker this is, for logs.
+    pub index: usize,
     /// The ingress served.
     pub ingress: Arc<Ingress>,
     /// Connection timeouts.
     pub limits: LimitsConfig,
     /// This worker's counters.
     pub metrics: Arc<WorkerMetrics>,
+    /// Connections admitted with a client certificate, for revocation sweeps.
+    pub live: Rc<live::LiveConnections>,
     next_backend: std::cell::Cell<usize>,
     tokens: RefCell<TokenCache>,
 }
 
 impl Worker {
     /// State for one worker.
-    pub fn new(ingress: Arc<Ingress>, limits: LimitsConfig, metrics: Arc<WorkerMetrics>) -> Self {
+    pub fn new(
+        index: usize,
+        ingress: Arc<Ingress>,
+        limits: LimitsConfig,
+        metrics: Arc<WorkerMetrics>,
+    ) -> Self {
         let tokens = ingress
             .auth
             .as_ref()
             .map_or_else(|| TokenCache::new(0), |auth| auth.new_cache());
         Self {
+            index,
             ingress,
             limits,
             metrics,
+            live: Rc::default(),
             next_backend: Default::default(),
             tokens: RefCell::new(tokens),
         }
@@ -66,9 +78,15 @@ impl Worker {
         turn
     }
 
-    /// Checks a request's `Authorization` values with this worker's token cache.
-    pub fn authorize(&self, authorizer: &Authorizer, values: &[&[u8]]) -> Verdict {
-        authorizer.authorize(values, &mut self.tokens.borrow_mut())
+    /// Checks a request's `Authorization` values with this worker's token cache, on a
+    /// connection whose client certificate has `thumbprint`.
+    pub fn authorize(
+        &self,
+        authorizer: &Authorizer,
+        values: &[&[u8]],
+        thumbprint: Option<&str>,
+    ) -> Verdict {
+        authorizer.authorize(values, thumbprint, &mut self.tokens.borrow_mut())
     }
 }
 
@@ -77,6 +95,7 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
     worker.metrics.connection_opened();
     let span = debug_span!(
         "connection",
+        worker = worker.index,
         client.addr = %peer,
         sni = field::Empty,
         client.subject = field::Empty,
@@ -104,8 +123,20 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         peer,
         device: facts.client.as_ref(),
     };
-    serve_requests(&mut reader, &mut writer, &client).await;
-    send_pending_alert(&mut writer).await;
+    let Some(chain) = facts.chain.clone() else {
+        serve_requests(&mut reader, &mut writer, &client).await;
+        send_pending_alert(&mut writer).await;
+        return;
+    };
+    // A certificate revoked while its connection is open ends the connection.
+    let registration = worker.live.register(chain);
+    let served = monoio::select! {
+        _ = serve_requests(&mut reader, &mut writer, &client) => true,
+        _ = registration.close.wait() => false,
+    };
+    if served {
+        send_pending_alert(&mut writer).await;
+    }
 }
 
 /// Sends what rustls still has queued (the alert for a client's bad TLS input, say),
@@ -121,7 +152,9 @@ async fn handshake(socket: TcpStream, worker: &Worker) -> Option<TlsSession> {
     let failure = match outcome {
         Ok(Ok(session)) => {
             record_session(&session);
-            worker.metrics.handshake_completed(session.facts.version);
+            worker
+                .metrics
+                .handshake_completed(session.facts.version, session.facts.resumed);
             return Some(session);
         }
         Ok(Err(failure)) => failure,
@@ -146,7 +179,7 @@ fn record_session(session: &TlsSession) {
         span.record("client.subject", client.subject.as_str());
         span.record("client.sha256", client.fingerprint.as_str());
     }
-    debug!(version = ?facts.version, "handshake complete");
+    debug!(version = ?facts.version, resumed = facts.resumed, "handshake complete");
 }
 
 /// The first request is read and checked before any backend is contacted; only an

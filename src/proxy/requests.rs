@@ -87,7 +87,8 @@ pub async fn authorize(
         return Ok(None);
     };
     let values: Vec<&[u8]> = head.values("authorization").collect();
-    let mut verdict = client.worker.authorize(authorizer, &values);
+    let thumbprint = client.device.map(|device| device.thumbprint.as_str());
+    let mut verdict = client.worker.authorize(authorizer, &values, thumbprint);
 
     if matches!(verdict, Verdict::UnknownKey) {
         let keys = authorizer.keys();
@@ -97,7 +98,7 @@ pub async fn authorize(
             while keys.fetches_finished() == before && Instant::now() < deadline {
                 monoio::time::sleep(KEY_POLL).await;
             }
-            verdict = client.worker.authorize(authorizer, &values);
+            verdict = client.worker.authorize(authorizer, &values, thumbprint);
         }
     }
 

@@ -1,9 +1,13 @@
-//! Device authentication: the client certificate verifier built from the trust store
-//! and the revocation set, wrapped so that every refusal is logged with its reason and
-//! the certificate's SHA-256. Path building and signature checks are webpki's.
+//! Device authentication: the client-certificate verifier. Path building and signature
+//! checks are webpki's; around them this keeps the verified-chain cache, swaps in new
+//! CRLs as a new revocation epoch without rebuilding the TLS configuration, re-checks
+//! chains for resumed and live sessions, and logs every refusal with its reason and the
+//! certificate's SHA-256.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -12,23 +16,158 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
 use tracing::debug;
 
+use super::chain_cache::{ChainCache, ChainKey, VerifiedChain};
+use super::handshake_notes;
 use super::identity;
 use super::refusal::HandshakeRefusal;
 use super::revocation::RevocationSet;
 use crate::config::{ClientAuthMode, ExpiredCrlPolicy, RevocationScope, TransportSecurityConfig};
 
-/// Builds the verifier for `policy`: none for `tls` mode, otherwise webpki's, wrapped.
-pub fn verifier(
-    policy: &TransportSecurityConfig,
-    roots: RootCertStore,
-    revocation: &RevocationSet,
+/// One revocation epoch: the webpki verifier built with the CRLs then in force.
+struct TrustEpoch {
+    number: u64,
+    webpki: Arc<dyn ClientCertVerifier>,
+    /// When the earliest CRL expires, if expired CRLs refuse.
+    crls_good_until: Option<i64>,
+}
+
+/// The client-certificate verifier of an ingress.
+pub struct DeviceVerifier {
+    policy: TransportSecurityConfig,
+    roots: Arc<RootCertStore>,
     provider: Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, String> {
-    if policy.mode == ClientAuthMode::Tls {
-        return Ok(WebPkiClientVerifier::no_client_auth());
+    root_hints: Vec<DistinguishedName>,
+    current: ArcSwap<TrustEpoch>,
+    next_epoch: AtomicU64,
+    cache: ChainCache,
+    refusals_by_revocation: AtomicU64,
+}
+
+impl std::fmt::Debug for DeviceVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceVerifier")
+            .field("mode", &self.policy.mode)
+            .field("epoch", &self.epoch())
+            .field("cached_chains", &self.cache.len())
+            .finish()
+    }
+}
+
+impl DeviceVerifier {
+    /// A verifier for `policy` (not `tls` mode), trusting `roots`, with `revocation` in
+    /// force and room for `cache_size` verified chains.
+    pub fn new(
+        policy: &TransportSecurityConfig,
+        roots: RootCertStore,
+        revocation: &RevocationSet,
+        provider: Arc<CryptoProvider>,
+        cache_size: usize,
+    ) -> Result<Arc<Self>, String> {
+        let roots = Arc::new(roots);
+        let first = build_epoch(policy, &roots, revocation, &provider, 1)?;
+        let root_hints = first.webpki.root_hint_subjects().to_vec();
+        Ok(Arc::new(Self {
+            policy: policy.clone(),
+            roots,
+            provider,
+            root_hints,
+            current: ArcSwap::from_pointee(first),
+            next_epoch: AtomicU64::new(2),
+            cache: ChainCache::new(cache_size),
+            refusals_by_revocation: AtomicU64::new(0),
+        }))
     }
 
-    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+    /// Puts a new revocation set in force as a new epoch: every cached verdict must be
+    /// earned again. Returns the new epoch.
+    pub fn install_revocation(&self, revocation: &RevocationSet) -> Result<u64, String> {
+        let number = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let epoch = build_epoch(
+            &self.policy,
+            &self.roots,
+            revocation,
+            &self.provider,
+            number,
+        )?;
+        self.current.store(Arc::new(epoch));
+        Ok(number)
+    }
+
+    /// The revocation epoch in force.
+    pub fn epoch(&self) -> u64 {
+        self.current.load().number
+    }
+
+    /// The shared cache of verified chains.
+    pub fn cache(&self) -> &ChainCache {
+        &self.cache
+    }
+
+    /// How many chains were refused as revoked (full, resumed or live), so far.
+    pub fn revocation_refusals(&self) -> u64 {
+        self.refusals_by_revocation.load(Ordering::Relaxed)
+    }
+
+    /// Verifies a presented chain, from the cache when its verdict still holds.
+    pub fn check(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Arc<VerifiedChain>, Error> {
+        let key = ChainKey::of(leaf.as_ref(), intermediates);
+        let epoch = self.current.load();
+        let seconds = now.as_secs() as i64;
+        if let Some(chain) = self.cache.fresh(&key, epoch.number, seconds) {
+            return Ok(chain);
+        }
+        match epoch.webpki.verify_client_cert(leaf, intermediates, now) {
+            Ok(_) => {
+                let chain =
+                    VerifiedChain::new(leaf, intermediates, epoch.number, epoch.crls_good_until)
+                        .ok_or(Error::InvalidCertificate(
+                            rustls::CertificateError::BadEncoding,
+                        ))?;
+                let chain = Arc::new(chain);
+                self.cache.insert(chain.clone(), seconds);
+                Ok(chain)
+            }
+            Err(error) => {
+                self.note_refusal(&error, leaf);
+                Err(error)
+            }
+        }
+    }
+
+    /// Re-checks a chain verified earlier (a resumed session's, a live connection's)
+    /// against the revocation set and the time now.
+    pub fn recheck(&self, chain: &VerifiedChain) -> Result<Arc<VerifiedChain>, Error> {
+        self.check(chain.leaf(), chain.intermediates(), UnixTime::now())
+    }
+
+    fn note_refusal(&self, error: &Error, leaf: &CertificateDer<'_>) {
+        let reason = HandshakeRefusal::from_tls_error(error);
+        if reason == HandshakeRefusal::CertificateRevoked {
+            self.refusals_by_revocation.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(
+            reason = reason.label(),
+            detail = %error,
+            cert.sha256 = %identity::fingerprint(leaf),
+            cert.subject = %identity::subject_of(leaf),
+            "client certificate refused"
+        );
+    }
+}
+
+fn build_epoch(
+    policy: &TransportSecurityConfig,
+    roots: &Arc<RootCertStore>,
+    revocation: &RevocationSet,
+    provider: &Arc<CryptoProvider>,
+    number: u64,
+) -> Result<TrustEpoch, String> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .with_crls(revocation.crls.iter().cloned());
     if policy.mode == ClientAuthMode::Optional {
         builder = builder.allow_unauthenticated();
@@ -39,31 +178,35 @@ pub fn verifier(
     if policy.revocation_scope == RevocationScope::Leaf {
         builder = builder.only_check_end_entity_revocation();
     }
-    if policy.expired_crl == ExpiredCrlPolicy::Refuse {
+    let crls_good_until = if policy.expired_crl == ExpiredCrlPolicy::Refuse {
         builder = builder.enforce_revocation_expiration();
-    }
-
-    let inner = builder.build().map_err(|error| error.to_string())?;
-    Ok(Arc::new(DeviceVerifier { inner }))
-}
-
-/// webpki's verifier, with refusals logged at debug.
-#[derive(Debug)]
-struct DeviceVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+        revocation
+            .summaries
+            .iter()
+            .filter_map(|crl| crl.next_update)
+            .min()
+    } else {
+        None
+    };
+    let webpki = builder.build().map_err(|error| error.to_string())?;
+    Ok(TrustEpoch {
+        number,
+        webpki,
+        crls_good_until,
+    })
 }
 
 impl ClientCertVerifier for DeviceVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
+        true
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
+        self.policy.mode == ClientAuthMode::Mtls
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &self.root_hints
     }
 
     fn verify_client_cert(
@@ -72,19 +215,9 @@ impl ClientCertVerifier for DeviceVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        let verdict = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now);
-        if let Err(error) = &verdict {
-            debug!(
-                reason = HandshakeRefusal::from_tls_error(error).label(),
-                detail = %error,
-                cert.sha256 = %identity::fingerprint(end_entity),
-                cert.subject = %identity::subject_of(end_entity),
-                "client certificate refused"
-            );
-        }
-        verdict
+        let chain = self.check(end_entity, intermediates, now)?;
+        handshake_notes::note_verified(&chain);
+        Ok(ClientCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -93,7 +226,10 @@ impl ClientCertVerifier for DeviceVerifier {
         cert: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls12_signature(message, cert, signature)
+        self.current
+            .load()
+            .webpki
+            .verify_tls12_signature(message, cert, signature)
     }
 
     fn verify_tls13_signature(
@@ -102,10 +238,13 @@ impl ClientCertVerifier for DeviceVerifier {
         cert: &CertificateDer<'_>,
         signature: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.inner.verify_tls13_signature(message, cert, signature)
+        self.current
+            .load()
+            .webpki
+            .verify_tls13_signature(message, cert, signature)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.current.load().webpki.supported_verify_schemes()
     }
 }

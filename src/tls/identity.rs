@@ -20,6 +20,8 @@ pub struct ClientIdentity {
     pub not_after: i64,
     /// SHA-256 of the certificate's DER, lowercase hex.
     pub fingerprint: String,
+    /// The same digest, base64url without padding: the RFC 8705 `x5t#S256` thumbprint.
+    pub thumbprint: String,
 }
 
 impl ClientIdentity {
@@ -33,6 +35,7 @@ impl ClientIdentity {
             serial: cert.raw_serial_as_string().replace(':', ""),
             not_after: cert.validity().not_after.timestamp(),
             fingerprint: fingerprint(der),
+            thumbprint: thumbprint(der),
         })
     }
 }
@@ -46,6 +49,13 @@ pub fn fingerprint(der: &[u8]) -> String {
             let _ = write!(out, "{byte:02x}");
             out
         })
+}
+
+/// SHA-256 of `der`, base64url without padding (RFC 8705 §3.1).
+pub fn thumbprint(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let hash = digest::digest(&digest::SHA256, der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash.as_ref())
 }
 
 /// The subject distinguished name of a certificate, or a placeholder when it does not parse.

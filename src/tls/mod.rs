@@ -1,15 +1,20 @@
-//! TLS termination: the server configuration, device (client certificate) verification,
-//! revocation, and rustls driven over monoio sockets. What happens to the decrypted bytes
-//! is the proxy's business.
+//! TLS termination: the server configuration, device (client certificate) verification
+//! and its chain cache, revocation, session tickets, and rustls driven over monoio
+//! sockets. What happens to the decrypted bytes is the proxy's business.
 
-mod client_auth;
+pub mod chain_cache;
+pub mod client_auth;
+pub mod handshake_notes;
 pub mod identity;
 pub mod pem;
 mod refusal;
 pub mod revocation;
 mod server;
 pub mod stream;
+pub mod tickets;
+pub mod trust;
 
 pub use identity::ClientIdentity;
 pub use refusal::HandshakeRefusal;
-pub use server::{describe_time, unix_now, TlsPolicy, ALPN_HTTP11};
+pub use server::{TlsPolicy, ALPN_HTTP11};
+pub use trust::{describe_time, unix_now};

@@ -28,17 +28,19 @@ pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
     })
 }
 
-/// Every CRL in a file that holds either PEM `X509 CRL` blocks or one DER CRL.
-pub fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
-    if !bytes.starts_with(b"-----") && !bytes.windows(10).any(|w| w == b"-----BEGIN") {
-        return Ok(vec![CertificateRevocationListDer::from(bytes)]);
+/// Every CRL in `bytes`, which hold either PEM `X509 CRL` blocks or one DER CRL.
+pub fn revocation_lists_in(
+    bytes: &[u8],
+) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let is_pem = bytes.windows(10).any(|w| w == b"-----BEGIN");
+    if !is_pem {
+        return Ok(vec![CertificateRevocationListDer::from(bytes.to_vec())]);
     }
-    let crls = CertificateRevocationListDer::pem_slice_iter(&bytes)
+    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| describe(path, error))?;
+        .map_err(|error| format!("not valid PEM: {error}"))?;
     if crls.is_empty() {
-        return Err(format!("{}: no X509 CRL block found", path.display()));
+        return Err("no X509 CRL block found".into());
     }
     Ok(crls)
 }

@@ -1,12 +1,21 @@
-//! The revocation set: CRLs loaded from files, with what the startup log says of each.
-//! Checking a chain against them is webpki's job (see `client_auth`).
+//! The revocation set: CRLs from files and URLs, with what the logs say of each, and
+//! how they are loaded again. Checking a chain against them is webpki's job (see
+//! `client_auth`); when a new set is loaded it goes into force as a new epoch there.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::CertificateRevocationListDer;
+use tracing::warn;
 use x509_parser::prelude::{CertificateRevocationList, FromDer};
 
 use super::pem;
+use crate::fetch::Fetcher;
+
+/// The largest CRL accepted from a URL.
+pub const MAX_CRL_DOCUMENT: u64 = 64 * 1024 * 1024;
 
 /// The CRLs in force, and a summary of each for logs.
 #[derive(Debug, Clone, Default)]
@@ -18,7 +27,7 @@ pub struct RevocationSet {
 }
 
 /// What the logs say about one CRL.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlSummary {
     /// The issuer's distinguished name.
     pub issuer: String,
@@ -38,9 +47,15 @@ impl CrlSummary {
 impl RevocationSet {
     /// Adds every CRL in `path`. A CRL that does not parse is an error naming the file.
     pub fn load_file(&mut self, path: &Path) -> Result<(), String> {
-        for crl in pem::revocation_lists(path)? {
-            let summary = summarize(&crl)
-                .ok_or_else(|| format!("{}: not a valid X.509 CRL", path.display()))?;
+        let bytes = std::fs::read(path).map_err(|error| format!("{}: {error}", path.display()))?;
+        self.load_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Adds every CRL in `bytes` (PEM blocks or one DER CRL) that came from `origin`.
+    pub fn load_bytes(&mut self, bytes: &[u8], origin: &str) -> Result<(), String> {
+        for crl in pem::revocation_lists_in(bytes).map_err(|e| format!("{origin}: {e}"))? {
+            let summary =
+                summarize(&crl).ok_or_else(|| format!("{origin}: not a valid X.509 CRL"))?;
             self.crls.push(crl);
             self.summaries.push(summary);
         }
@@ -58,4 +73,72 @@ fn summarize(crl: &CertificateRevocationListDer<'_>) -> Option<CrlSummary> {
         revoked: parsed.iter_revoked_certificates().count(),
         next_update: parsed.next_update().map(|time| time.timestamp()),
     })
+}
+
+/// Where the CRLs come from, and the last good copy of each one fetched.
+#[derive(Debug)]
+pub struct RevocationSources {
+    /// CRL files, reread when they change.
+    pub files: Vec<PathBuf>,
+    /// CRL URLs, fetched every `refresh`.
+    pub urls: Vec<String>,
+    /// How URLs are fetched.
+    pub fetcher: Fetcher,
+    /// How often URLs are fetched.
+    pub refresh: Duration,
+    fetched: Mutex<HashMap<String, Vec<u8>>>,
+}
+
+impl RevocationSources {
+    /// Sources for these files and URLs.
+    pub fn new(
+        files: Vec<PathBuf>,
+        urls: Vec<String>,
+        fetcher: Fetcher,
+        refresh: Duration,
+    ) -> Self {
+        Self {
+            files,
+            urls,
+            fetcher,
+            refresh,
+            fetched: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Reads every file and, with `fetch`, every URL anew. A file that cannot be read
+    /// fails the whole load (the set in force stays); a URL that cannot be fetched keeps
+    /// its last good copy, or is left out, so that what it would cover has no known
+    /// status.
+    pub fn load(&self, fetch: bool) -> Result<RevocationSet, String> {
+        let mut set = RevocationSet::default();
+        for path in &self.files {
+            set.load_file(path)?;
+        }
+        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        for url in &self.urls {
+            if fetch {
+                match self.fetcher.get(url, "application/pkix-crl") {
+                    Ok(document) => {
+                        fetched.insert(url.clone(), document.body);
+                    }
+                    Err(error) => {
+                        warn!(%url, %error, "CRL fetch failed; keeping the last good copy")
+                    }
+                }
+            }
+            if let Some(bytes) = fetched.get(url) {
+                set.load_bytes(bytes, url)?;
+            }
+        }
+        Ok(set)
+    }
+
+    /// The modification times of the files, to tell when one changes.
+    pub fn file_stamps(&self) -> Vec<Option<SystemTime>> {
+        self.files
+            .iter()
+            .map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+            .collect()
+    }
 }

@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::io::{self, BufRead, Write};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
@@ -15,8 +16,10 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 use rustls::server::{Acceptor, ClientHello};
-use rustls::{ProtocolVersion, ServerConnection};
+use rustls::{HandshakeKind, ProtocolVersion, ServerConnection};
 
+use super::chain_cache::VerifiedChain;
+use super::handshake_notes::{self, HandshakeNotes};
 use super::identity::ClientIdentity;
 use super::refusal::HandshakeRefusal;
 use super::server::TlsPolicy;
@@ -35,8 +38,13 @@ pub struct HandshakeFacts {
     pub sni: Option<String>,
     /// The negotiated TLS version.
     pub version: Option<ProtocolVersion>,
-    /// The verified device, when the client presented a certificate.
+    /// The verified device, when the client presented a certificate: always the leaf's
+    /// identity, on a resumed session as on a full handshake.
     pub client: Option<ClientIdentity>,
+    /// The verified chain, for re-checks while the connection lives.
+    pub chain: Option<Arc<VerifiedChain>>,
+    /// The session was resumed from a ticket.
+    pub resumed: bool,
 }
 
 /// A handshake that did not produce a session.
@@ -67,20 +75,24 @@ pub async fn accept(socket: TcpStream, policy: &TlsPolicy) -> Result<TlsSession,
         socket,
         input: Vec::with_capacity(READ_CHUNK),
         sni: None,
+        notes: Rc::default(),
     };
     let accepted = handshake.read_client_hello().await?;
     handshake
         .check_sni(&accepted.client_hello(), policy)
         .await?;
-    let connection = match accepted.into_connection(policy.server_config.clone()) {
-        Ok(connection) => connection,
-        Err((error, mut alert)) => {
-            let mut out = Vec::new();
-            let _ = alert.write_all(&mut out);
-            handshake.send(out).await;
-            return Err(handshake.failure(HandshakeRefusal::from_tls_error(&error), error));
-        }
-    };
+    // A ticket in the ClientHello is opened (and its chain re-checked) right here.
+    let config = policy.server_config.clone();
+    let connection =
+        match handshake_notes::within(&handshake.notes, || accepted.into_connection(config)) {
+            Ok(connection) => connection,
+            Err((error, mut alert)) => {
+                let mut out = Vec::new();
+                let _ = alert.write_all(&mut out);
+                handshake.send(out).await;
+                return Err(handshake.failure(HandshakeRefusal::from_tls_error(&error), error));
+            }
+        };
     handshake.complete(connection).await
 }
 
@@ -88,6 +100,7 @@ struct Handshake {
     socket: TcpStream,
     input: Vec<u8>,
     sni: Option<String>,
+    notes: Rc<HandshakeNotes>,
 }
 
 impl Handshake {
@@ -141,7 +154,7 @@ impl Handshake {
                 break;
             }
             self.read_some().await?;
-            let processed = feed(&mut conn, &self.input);
+            let processed = handshake_notes::within(&self.notes, || feed(&mut conn, &self.input));
             if let Err(error) = processed {
                 // The alert rustls queued for this error is still to be sent.
                 let _ = self.flush(&mut conn).await;
@@ -149,13 +162,20 @@ impl Handshake {
             }
         }
 
+        let chain = self.notes.verified_chain();
+        let client = match &chain {
+            Some(chain) => Some(chain.identity.clone()),
+            None => conn
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref())),
+        };
         let facts = HandshakeFacts {
             sni: self.sni.take(),
             version: conn.protocol_version(),
-            client: conn
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref())),
+            client,
+            chain,
+            resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
         };
         Ok(split(self.socket, conn, facts))
     }

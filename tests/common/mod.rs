@@ -260,6 +260,14 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Sends SIGHUP: reload.
+    pub fn reload(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -HUP");
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -1,0 +1,179 @@
+//! Reloading what changes while the gateway runs: CRLs (files when they change, URLs on
+//! their interval, everything on SIGHUP) and session ticket keys (the key file when it
+//! changes, or the in-memory key when its rotation is due). New state goes into force
+//! for new handshakes at once and for live connections at the workers' next sweep; a
+//! source that fails to load keeps what is in force and says why.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::{info, warn};
+
+use crate::tls::client_auth::DeviceVerifier;
+use crate::tls::revocation::{CrlSummary, RevocationSources};
+use crate::tls::tickets::TicketKeyRing;
+use crate::tls::{describe_time, unix_now, TlsPolicy};
+
+/// How often the watched files are looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+/// How far ahead a CRL's expiry is warned about.
+const EXPIRY_WARNING: i64 = 3600;
+
+static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks for everything to be reloaded now (what SIGHUP does).
+pub fn request() {
+    REQUESTED.store(true, Ordering::Release);
+}
+
+/// Starts the reload thread for an ingress's TLS state.
+pub fn spawn(tls: &TlsPolicy) -> std::io::Result<()> {
+    let mut revocation = match (&tls.revocation, &tls.device) {
+        (Some(sources), Some(device)) => Some(RevocationReloader::new(
+            sources.clone(),
+            device.clone(),
+            tls,
+        )),
+        _ => None,
+    };
+    let mut tickets = tls.ticket_keys.clone().map(TicketReloader::new);
+    thread::Builder::new()
+        .name("edge-reload".into())
+        .spawn(move || loop {
+            let asked = REQUESTED.swap(false, Ordering::AcqRel);
+            if asked {
+                info!("reload requested");
+            }
+            if let Some(reloader) = revocation.as_mut() {
+                reloader.tick(asked);
+            }
+            if let Some(reloader) = tickets.as_mut() {
+                reloader.tick(asked);
+            }
+            thread::sleep(POLL);
+        })?;
+    Ok(())
+}
+
+struct RevocationReloader {
+    sources: Arc<RevocationSources>,
+    device: Arc<DeviceVerifier>,
+    stamps: Vec<Option<SystemTime>>,
+    next_fetch: Instant,
+    in_force: Vec<CrlSummary>,
+    warned: Vec<String>,
+}
+
+impl RevocationReloader {
+    fn new(sources: Arc<RevocationSources>, device: Arc<DeviceVerifier>, tls: &TlsPolicy) -> Self {
+        Self {
+            stamps: sources.file_stamps(),
+            sources,
+            device,
+            next_fetch: Instant::now(),
+            in_force: tls.initial_crls.clone(),
+            warned: Vec::new(),
+        }
+    }
+
+    fn tick(&mut self, asked: bool) {
+        let stamps = self.sources.file_stamps();
+        let files_changed = stamps != self.stamps;
+        let fetch_due = !self.sources.urls.is_empty() && Instant::now() >= self.next_fetch;
+        if asked || files_changed || fetch_due {
+            self.stamps = stamps;
+            if fetch_due || asked {
+                self.next_fetch = Instant::now() + self.sources.refresh;
+            }
+            self.reload(fetch_due || asked);
+        }
+        self.warn_about_expiry();
+    }
+
+    fn reload(&mut self, fetch: bool) {
+        let loaded = self.sources.load(fetch).and_then(|set| {
+            let epoch = self.device.install_revocation(&set)?;
+            Ok((set, epoch))
+        });
+        match loaded {
+            Ok((set, epoch)) => {
+                info!(
+                    epoch,
+                    crls = set.crls.len(),
+                    "CRLs reloaded; a new revocation epoch is in force"
+                );
+                self.in_force = set.summaries;
+                self.warned.clear();
+            }
+            Err(error) => warn!(%error, "CRL reload failed; the CRLs in force stay"),
+        }
+    }
+
+    /// Warns once when a CRL in force is about to expire, and once when it has.
+    fn warn_about_expiry(&mut self) {
+        let now = unix_now();
+        for crl in &self.in_force {
+            let Some(next_update) = crl.next_update else {
+                continue;
+            };
+            let state = if next_update < now {
+                "expired"
+            } else if next_update < now + EXPIRY_WARNING {
+                "expiring"
+            } else {
+                continue;
+            };
+            let key = format!("{state} {}", crl.issuer);
+            if self.warned.contains(&key) {
+                continue;
+            }
+            let at = describe_time(Some(next_update));
+            match state {
+                "expired" => {
+                    warn!(issuer = %crl.issuer, next_update = %at, "a CRL in force has expired; load a fresh one")
+                }
+                _ => {
+                    warn!(issuer = %crl.issuer, next_update = %at, "a CRL in force expires within the hour")
+                }
+            }
+            self.warned.push(key);
+        }
+    }
+}
+
+struct TicketReloader {
+    keys: Arc<TicketKeyRing>,
+    stamp: Option<SystemTime>,
+}
+
+impl TicketReloader {
+    fn new(keys: Arc<TicketKeyRing>) -> Self {
+        let stamp = stamp_of(&keys);
+        Self { keys, stamp }
+    }
+
+    fn tick(&mut self, asked: bool) {
+        let stamp = stamp_of(&self.keys);
+        let from_file = self.keys.file().is_some();
+        if from_file && !asked && stamp == self.stamp {
+            return;
+        }
+        self.stamp = stamp;
+        match self.keys.refresh() {
+            Ok(true) if from_file => info!("session ticket keys reloaded"),
+            Ok(true) => info!("session ticket key rotated"),
+            Ok(false) => {}
+            Err(error) => warn!(%error, "ticket key reload failed; the keys in force stay"),
+        }
+    }
+}
+
+fn stamp_of(keys: &TicketKeyRing) -> Option<SystemTime> {
+    let file = keys.file()?;
+    std::fs::metadata(file)
+        .and_then(|metadata| metadata.modified())
+        .ok()
+}

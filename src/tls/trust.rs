@@ -1,0 +1,235 @@
+//! The device trust policy as read from the configuration: the client CAs, the CRLs
+//! named by file or URL, the warnings an operator needs about them, and the digest that
+//! binds a session ticket to this policy.
+
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
+
+use super::revocation::{CrlSummary, RevocationSet, RevocationSources, MAX_CRL_DOCUMENT};
+use super::{identity, pem};
+use crate::config::{ClientAuthMode, ExpiredCrlPolicy, LoadedConfig, Problems, RevocationScope};
+use crate::fetch::Fetcher;
+
+/// The trusted client CAs.
+#[derive(Debug, Clone)]
+pub struct TrustStore {
+    /// For webpki.
+    pub roots: RootCertStore,
+    /// Their subjects, for logs and warnings.
+    pub subjects: Vec<String>,
+    /// Their certificates, for the policy digest.
+    pub certificates: Vec<CertificateDer<'static>>,
+}
+
+/// Where the ingress's CRLs come from, for reloads; `None` in `tls` mode.
+pub fn revocation_sources(
+    loaded: &LoadedConfig,
+    problems: &mut Problems,
+) -> Option<RevocationSources> {
+    let policy = &loaded.config.ingress.transport_security;
+    if policy.mode == ClientAuthMode::Tls {
+        return None;
+    }
+    for (index, url) in policy.crl_urls.iter().enumerate() {
+        if !url.starts_with("https://") && !url.starts_with("http://") {
+            problems.push(
+                &format!("ingress.transport_security.crl_urls[{index}]"),
+                "must be an http(s):// URL",
+            );
+        }
+    }
+    let files: Vec<PathBuf> = policy
+        .crl_files
+        .iter()
+        .map(|file| loaded.resolve(file))
+        .collect();
+    let fetcher = Fetcher {
+        roots: Vec::new(),
+        timeout: std::time::Duration::from_secs(10),
+        max_body: MAX_CRL_DOCUMENT,
+        https_only: false,
+    };
+    Some(RevocationSources::new(
+        files,
+        policy.crl_urls.clone(),
+        fetcher,
+        policy.crl_refresh_interval,
+    ))
+}
+
+/// A digest of everything that decides who gets in through this ingress: a ticket
+/// issued under one policy never resumes under another.
+pub fn policy_digest(loaded: &LoadedConfig, trust: &TrustStore) -> [u8; 32] {
+    let ingress = &loaded.config.ingress;
+    let policy = &ingress.transport_security;
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let facts = format!(
+        "{}|{:?}|{}|{:?}|{:?}",
+        ingress.hostname.to_ascii_lowercase(),
+        policy.mode,
+        policy.require_crl_check,
+        policy.revocation_scope,
+        policy.expired_crl
+    );
+    context.update(facts.as_bytes());
+    for cert in &trust.certificates {
+        context.update(&(cert.len() as u32).to_be_bytes());
+        context.update(cert.as_ref());
+    }
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(context.finish().as_ref());
+    digest
+}
+
+/// Reads the client CAs, recording each problem against its field.
+pub fn client_roots(loaded: &LoadedConfig, problems: &mut Problems) -> TrustStore {
+    let policy = &loaded.config.ingress.transport_security;
+    let mut trust = TrustStore {
+        roots: RootCertStore::empty(),
+        subjects: Vec::new(),
+        certificates: Vec::new(),
+    };
+    if policy.mode == ClientAuthMode::Tls {
+        return trust;
+    }
+
+    let files = policy.client_ca_cert.as_slice();
+    if files.is_empty() {
+        let message = format!("required when mode is {:?}", policy.mode).to_lowercase();
+        problems.push("ingress.transport_security.client_ca_cert", message);
+    }
+    for (index, file) in files.iter().enumerate() {
+        let field = list_field(
+            "ingress.transport_security.client_ca_cert",
+            index,
+            files.len(),
+        );
+        let certs = match pem::certificates(&loaded.resolve(file)) {
+            Ok(certs) => certs,
+            Err(error) => {
+                problems.push(&field, error);
+                continue;
+            }
+        };
+        for cert in certs {
+            trust.subjects.push(identity::subject_of(&cert));
+            trust.certificates.push(cert.clone());
+            if let Err(error) = trust.roots.add(cert) {
+                problems.push(
+                    &field,
+                    format!("{}: not a usable CA: {error}", file.display()),
+                );
+            }
+        }
+    }
+    trust
+}
+
+/// Loads the CRL files named in the config (URLs are fetched by the reloader), recording
+/// each problem against its field.
+pub fn revocation_set(loaded: &LoadedConfig, problems: &mut Problems) -> RevocationSet {
+    let policy = &loaded.config.ingress.transport_security;
+    let mut set = RevocationSet::default();
+    for (index, file) in policy.crl_files.iter().enumerate() {
+        let field = format!("ingress.transport_security.crl_files[{index}]");
+        let before = set.summaries.len();
+        if let Err(error) = set.load_file(&loaded.resolve(file)) {
+            problems.push(&field, error);
+        }
+        for crl in &set.summaries[before..] {
+            warn_if_expired(crl, policy.expired_crl, &field, problems);
+        }
+    }
+
+    let needs_crls = policy.mode != ClientAuthMode::Tls && policy.require_crl_check;
+    if needs_crls && policy.crl_files.is_empty() && policy.crl_urls.is_empty() {
+        problems.push(
+            "ingress.transport_security.crl_files",
+            "require_crl_check is true but no CRL is configured: every client certificate \
+             would be refused",
+        );
+    }
+    set
+}
+
+fn warn_if_expired(
+    crl: &CrlSummary,
+    policy: ExpiredCrlPolicy,
+    field: &str,
+    problems: &mut Problems,
+) {
+    if !crl.is_expired_at(unix_now()) {
+        return;
+    }
+    let next_update = describe_time(crl.next_update);
+    let message = match policy {
+        ExpiredCrlPolicy::Refuse => format!(
+            "the CRL of {} expired at {next_update}: the certificates it covers are refused \
+             until a fresh one is loaded",
+            crl.issuer
+        ),
+        ExpiredCrlPolicy::UseStale => format!(
+            "the CRL of {} expired at {next_update} and is still applied (expired_crl: use_stale)",
+            crl.issuer
+        ),
+    };
+    problems.warn(field, message);
+}
+
+/// With CRLs required for the whole chain, every trusted CA needs a CRL of its own: it
+/// issued either the leaf or the top intermediate, whose status is checked.
+pub fn warn_about_missing_crls(
+    loaded: &LoadedConfig,
+    ca_subjects: &[String],
+    revocation: &RevocationSet,
+    problems: &mut Problems,
+) {
+    let policy = &loaded.config.ingress.transport_security;
+    let chain_checked = policy.revocation_scope == RevocationScope::Chain;
+    if policy.mode == ClientAuthMode::Tls || !policy.require_crl_check || !chain_checked {
+        return;
+    }
+    for subject in ca_subjects {
+        if !revocation
+            .summaries
+            .iter()
+            .any(|crl| &crl.issuer == subject)
+        {
+            problems.warn(
+                "ingress.transport_security.crl_files",
+                format!(
+                    "no CRL from the trusted CA {subject}: with require_crl_check and \
+                     revocation_scope chain, every chain through it is refused"
+                ),
+            );
+        }
+    }
+}
+
+/// The field path of item `index` of a field that takes one value or a list.
+fn list_field(field: &str, index: usize, count: usize) -> String {
+    if count == 1 {
+        field.to_owned()
+    } else {
+        format!("{field}[{index}]")
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs() as i64)
+}
+
+/// An RFC 3339 rendering of a Unix time, or `none`.
+pub fn describe_time(unix: Option<i64>) -> String {
+    let Some(seconds) = unix.and_then(|s| u64::try_from(s).ok()) else {
+        return "none".to_owned();
+    };
+    let time = UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
