@@ -44,7 +44,7 @@ fn fds_and_threads_return_to_baseline_after_many_connections(driver: Driver) {
     }
     assert_eq!(backend.received().len(), 1100);
 
-    let settled = eventually(Duration::from_secs(10), || {
+    let settled = eventually(Duration::from_secs(20), || {
         idle() && gateway.open_fds() == fds && gateway.threads() == threads
     });
     assert!(

@@ -297,11 +297,9 @@ fn the_second_full_handshake_hits_the_chain_cache_and_a_crl_reload_invalidates_i
 
     revoke(&pki, &gateway, &[]);
     assert_eq!(handshake_kind(&client, &gateway), Some(HandshakeKind::Full));
-    assert_eq!(
-        (lookups("hit"), lookups("miss")),
-        (1.0, 2.0),
-        "a new epoch re-verifies"
-    );
+    assert_eq!(lookups("miss"), 2.0, "a new epoch re-verifies");
+    // (A worker's sweep of live connections may look the chain up meanwhile: a hit.)
+    let hits = lookups("hit");
     assert_eq!(handshake_kind(&client, &gateway), Some(HandshakeKind::Full));
-    assert_eq!(lookups("hit"), 2.0);
+    assert_eq!((lookups("hit"), lookups("miss")), (hits + 1.0, 2.0));
 }

@@ -481,6 +481,22 @@ pub struct UpstreamConfig {
     /// Time allowed to connect to one backend before trying the next. Default `2s`.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Idle backend connections each worker keeps for reuse by later client connections.
+    /// Default `32`; `0` opens a backend connection per client connection.
+    #[serde(default = "default_keepalive_connections")]
+    pub keepalive_connections: usize,
+    /// How long an idle backend connection is kept. Keep it below the backends' own
+    /// keep-alive timeout (nginx: 75s). Default `4s`.
+    #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+}
+
+fn default_keepalive_connections() -> usize {
+    32
+}
+
+fn default_keepalive_timeout() -> Duration {
+    Duration::from_secs(4)
 }
 
 fn default_connect_timeout() -> Duration {

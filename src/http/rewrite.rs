@@ -158,11 +158,11 @@ pub fn write_forwarded_head(
         BodyFraming::Chunked => push_field(out, "transfer-encoding", b"chunked"),
         BodyFraming::Empty => {}
     }
+    // A client's `Connection: close` is about its own connection: the one to the
+    // backend stays open for the next client (HTTP/1.0 requests close it by default).
     if head.websocket_upgrade {
         push_field(out, "connection", b"upgrade");
         push_field(out, "upgrade", b"websocket");
-    } else if head.close {
-        push_field(out, "connection", b"close");
     }
     for (name, value) in added {
         if !name.is_empty() {
@@ -250,14 +250,14 @@ mod tests {
     }
 
     #[test]
-    fn fields_named_in_connection_are_dropped_and_close_is_kept() {
+    fn fields_named_in_connection_are_dropped_and_close_stays_with_the_client() {
         let filter = FieldFilter::new([], true);
         let text = "POST / HTTP/1.1\r\nHost: h\r\nConnection: close, x-hop\r\nX-Hop: 1\r\n\
                     Content-Length: 3, 3\r\nAuthorization: Bearer t\r\n\r\n";
         let out = forward(text, &filter, &[]);
         assert_eq!(
             out,
-            "POST / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"
+            "POST / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer t\r\ncontent-length: 3\r\n\r\n"
         );
     }
 

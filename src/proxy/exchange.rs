@@ -95,6 +95,7 @@ pub struct Exchange {
     pending: RefCell<VecDeque<PendingRequest>>,
     final_response: RefCell<Option<(GatewayResponse, bool)>>,
     requests_done: Cell<bool>,
+    refused: Cell<bool>,
     poisoned: Cell<bool>,
     aborted: Cell<bool>,
     upgrade: Cell<Option<bool>>,
@@ -112,6 +113,7 @@ impl Exchange {
             pending: RefCell::default(),
             final_response: RefCell::default(),
             requests_done: Cell::new(false),
+            refused: Cell::new(false),
             poisoned: Cell::new(false),
             aborted: Cell::new(false),
             upgrade: Cell::new(None),
@@ -160,6 +162,7 @@ impl Exchange {
     pub fn finish_requests(&self, response: Option<(GatewayResponse, bool)>) {
         if response.is_some() {
             *self.final_response.borrow_mut() = response;
+            self.refused.set(true);
         }
         self.requests_done.set(true);
         if self.pending() == 0 {
@@ -175,6 +178,7 @@ impl Exchange {
         if !self.poisoned.get() {
             *self.final_response.borrow_mut() = Some((response, true));
         }
+        self.refused.set(true);
         self.poisoned.set(true);
         self.requests_done.set(true);
         self.wake.fire();
@@ -183,6 +187,12 @@ impl Exchange {
     /// Whether the response side should stop reading and end the connection.
     pub fn response_side_done(&self) -> bool {
         self.aborted.get() || self.poisoned.get() || self.requests_done.get() && self.pending() == 0
+    }
+
+    /// Whether the gateway ended the exchange with a response of its own: the client may
+    /// still be sending, and deserves a moment to read it.
+    pub fn gave_final_response(&self) -> bool {
+        self.refused.get()
     }
 
     /// Whether a request broke off mid-body.

@@ -26,6 +26,8 @@ use crate::ingress::Ingress;
 use crate::metrics::WorkerMetrics;
 use crate::tls::stream::{self, TlsReader, TlsSession, TlsWriter};
 use crate::tls::HandshakeRefusal;
+use crate::upstream::pool::IdlePool;
+use crate::upstream::{BackendReader, BackendWriter};
 use exchange::{Abort, Exchange};
 use requests::{Client, HeadFailure};
 
@@ -45,6 +47,8 @@ pub struct Worker {
     pub metrics: Arc<WorkerMetrics>,
     /// Connections admitted with a client certificate, for revocation sweeps.
     pub live: Rc<live::LiveConnections>,
+    /// Backend connections kept for reuse.
+    pub idle_backends: Rc<IdlePool>,
     next_backend: std::cell::Cell<usize>,
     tokens: RefCell<TokenCache>,
 }
@@ -61,12 +65,16 @@ impl Worker {
             .auth
             .as_ref()
             .map_or_else(|| TokenCache::new(0), |auth| auth.new_cache());
+        let upstream = &ingress.upstream;
+        let idle_backends =
+            IdlePool::new(upstream.keepalive_connections, upstream.keepalive_timeout);
         Self {
             index,
             ingress,
             limits,
             metrics,
             live: Rc::default(),
+            idle_backends,
             next_backend: Default::default(),
             tokens: RefCell::new(tokens),
         }
@@ -209,21 +217,15 @@ async fn serve_requests(reader: &mut TlsReader, writer: &mut TlsWriter, client: 
             return refuse(reader, writer, worker, &response, head.method() != "HEAD").await
         }
     };
-    let backend = match client.ingress.upstream.connect(worker.backend_turn()).await {
-        Ok((stream, backend)) => {
-            debug!(backend = %backend, "forwarding");
-            stream.into_split()
-        }
-        Err(unreachable) => {
-            worker.metrics.backend_unreachable();
-            debug!(tried = unreachable.tried, "no backend reachable");
+    let (backend, backend_reader, backend_writer) = match backend(worker).await {
+        Some(connection) => connection,
+        None => {
             let response = GatewayResponse::bad_gateway("no backend could be reached");
             return refuse(reader, writer, worker, &response, head.method() != "HEAD").await;
         }
     };
 
     let exchange = Exchange::new();
-    let (backend_reader, backend_writer) = backend;
     let both = async {
         monoio::join!(
             requests::relay_requests(
@@ -237,11 +239,40 @@ async fn serve_requests(reader: &mut TlsReader, writer: &mut TlsWriter, client: 
             responses::relay_responses(backend_reader, writer, &exchange, worker),
         )
     };
-    monoio::select! {
-        _ = both => {}
-        _ = watchdog(&exchange, idle) => {}
+    let ended = monoio::select! {
+        ended = both => Some(ended),
+        _ = watchdog(&exchange, idle) => None,
+    };
+    // A backend connection left clean by this client serves the next one.
+    if let Some((Some(backend_writer), Some(backend_reader))) = ended {
+        worker
+            .idle_backends
+            .put(backend, backend_reader, backend_writer);
     }
-    linger(reader).await;
+    if exchange.gave_final_response() {
+        linger(reader).await;
+    }
+}
+
+/// A backend connection: an idle one of this worker's, or a new one (round robin, the
+/// next backend when one refuses).
+async fn backend(worker: &Worker) -> Option<(usize, BackendReader, BackendWriter)> {
+    if let Some(idle) = worker.idle_backends.take().await {
+        debug!(backend = idle.0, "forwarding on an idle backend connection");
+        return Some(idle);
+    }
+    match worker.ingress.upstream.connect(worker.backend_turn()).await {
+        Ok((stream, backend)) => {
+            debug!(backend, "forwarding");
+            let (reader, writer) = stream.into_split();
+            Some((backend, reader, writer))
+        }
+        Err(unreachable) => {
+            worker.metrics.backend_unreachable();
+            debug!(tried = unreachable.tried, "no backend reachable");
+            None
+        }
+    }
 }
 
 /// Answers the client without a backend, then closes.
@@ -256,9 +287,10 @@ async fn refuse(
     let abort = Abort::new();
     let sent = async {
         writer
-            .write_all(&response.to_bytes(with_body), abort.handle())
+            .finish(&response.to_bytes(with_body), abort.handle())
             .await?;
-        writer.close(abort.handle()).await
+        // The end of the stream now, while what the client still sends is read below.
+        writer.shutdown().await
     };
     if monoio::time::timeout(LINGER, sent).await.is_ok() {
         linger(reader).await;

@@ -155,7 +155,8 @@ pub fn identity_fields<'a>(
 
 /// The request direction once a backend is connected: forwards `first`, then every
 /// following request that passes, until the client stops, a request is refused, or the
-/// connection becomes a tunnel.
+/// connection becomes a tunnel. Gives the backend connection back when nothing of an
+/// unfinished request went to it, so that it can serve another client.
 pub async fn relay_requests(
     reader: &mut TlsReader,
     mut backend: BackendWriter,
@@ -163,7 +164,7 @@ pub async fn relay_requests(
     mut input: Vec<u8>,
     client: &Client<'_>,
     exchange: &Exchange,
-) {
+) -> Option<BackendWriter> {
     let cancel = exchange.cancel();
     let mut next = Some(first);
     let mut scratch = Vec::with_capacity(4096);
@@ -172,14 +173,14 @@ pub async fn relay_requests(
             Some(request) => request,
             None => match next_request(reader, &mut input, client, exchange).await {
                 Some(request) => request,
-                None => return,
+                None => return (!exchange.is_aborted()).then_some(backend),
             },
         };
         while exchange.pending() >= MAX_PIPELINED && !exchange.is_aborted() {
             exchange.responded.wait().await;
         }
         if exchange.is_aborted() {
-            return;
+            return None;
         }
 
         exchange.forwarded(PendingRequest {
@@ -199,31 +200,34 @@ pub async fn relay_requests(
         if let Err(failure) = send(&mut backend, &mut scratch, cancel).await {
             debug!(error = %failure, "backend write failed");
             exchange.abort();
-            return;
+            return None;
         }
         match forward_body(reader, &mut backend, &mut input, head.framing, exchange).await {
             Ok(()) => {}
             Err(BodyFailure::Framing(error)) => {
                 debug!(?error, "request body framing broke; closing");
                 exchange.poison(GatewayResponse::for_http_error(&error));
-                return;
+                return None;
             }
             Err(BodyFailure::Broken) => {
                 exchange.abort();
-                return;
+                return None;
             }
         }
 
         if head.websocket_upgrade {
             match exchange.upgrade_outcome().await {
-                Some(true) => return tunnel(reader, backend, input, exchange).await,
+                Some(true) => {
+                    tunnel(reader, backend, input, exchange).await;
+                    return None;
+                }
                 Some(false) => {}
-                None => return,
+                None => return None,
             }
         }
         if head.close {
             exchange.finish_requests(None);
-            return;
+            return Some(backend);
         }
     }
 }

@@ -19,85 +19,111 @@ const READ_CHUNK: usize = 16 * 1024;
 enum After {
     /// Keep relaying.
     Continue,
-    /// Close the client connection (a response asked for it, or the backend broke).
+    /// Close the client connection: the backend broke, or closes with requests pending.
     Close,
+    /// The client's last request was answered (it asked to close, or the backend does):
+    /// close the client connection, and keep the backend connection if it stays open.
+    Finish,
     /// The backend broke a response of which nothing was passed on: answer 502 for it,
     /// then close.
     BadGateway(&'static str),
 }
 
 /// Relays responses until the exchange is over, then sends the gateway's final response
-/// (if any) and closes the client connection.
+/// (if any) and closes the client connection. Gives the backend connection back when it
+/// stands between two responses and the backend keeps it open.
 pub async fn relay_responses(
     mut backend: BackendReader,
     client: &mut TlsWriter,
     exchange: &Exchange,
     worker: &Worker,
-) {
-    let mut tracker = ResponseTracker::default();
+) -> Option<BackendReader> {
+    let mut state = Relay {
+        tracker: ResponseTracker::default(),
+        tunnel: false,
+        backend_closes: false,
+    };
     let mut input = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(READ_CHUNK);
-    let mut tunnel = false;
     loop {
-        if exchange.response_side_done() && !tunnel {
-            return finish(client, exchange, &tracker, worker).await;
+        if exchange.response_side_done() && !state.tunnel {
+            let clean = finish(client, exchange, &state.tracker, worker).await;
+            return (clean && state.reusable()).then_some(backend);
         }
         input.clear();
         let (result, returned) = backend.read(input, exchange.response_read_cancel()).await;
         input = returned;
         let after = match result {
-            Ok(0) => backend_closed(&tracker, exchange, tunnel),
+            Ok(0) => {
+                state.backend_closes = true;
+                backend_closed(&state, exchange)
+            }
             Ok(read) => {
                 exchange.touch();
                 out.clear();
-                let after = pass_on(
-                    &input[..read],
-                    &mut tracker,
-                    &mut out,
-                    &mut tunnel,
-                    exchange,
-                );
-                if client.write_all(&out, exchange.cancel()).await.is_err() {
+                let after = pass_on(&input[..read], &mut state, &mut out, exchange);
+                let sent = match after {
+                    // The last response and the end of the session go out together.
+                    After::Finish | After::Close => client.finish(&out, exchange.cancel()).await,
+                    After::Continue | After::BadGateway(_) => {
+                        client.write_all(&out, exchange.cancel()).await
+                    }
+                };
+                if sent.is_err() {
                     exchange.abort();
-                    return;
+                    return None;
                 }
                 after
             }
-            Err(_) if exchange.is_aborted() => return,
+            Err(_) if exchange.is_aborted() => return None,
             // Woken: the request side is done; the loop's first check decides.
             Err(_) => After::Continue,
         };
         match after {
             After::Continue => {}
+            After::Finish => {
+                exchange.abort();
+                return state.reusable().then_some(backend);
+            }
             After::Close => {
+                // After a batch of bytes `finish` has closed the session; after the
+                // backend's end of stream it has not yet.
                 let _ = client.close(exchange.cancel()).await;
                 exchange.abort();
-                return;
+                return None;
             }
             After::BadGateway(reason) => {
                 let response = GatewayResponse::bad_gateway(reason);
                 worker.metrics.gateway_response(response.status);
                 let _ = client
-                    .write_all(&response.to_bytes(true), exchange.cancel())
+                    .finish(&response.to_bytes(true), exchange.cancel())
                     .await;
-                let _ = client.close(exchange.cancel()).await;
                 exchange.abort();
-                return;
+                return None;
             }
         }
     }
 }
 
+/// Where the response side stands.
+struct Relay {
+    tracker: ResponseTracker,
+    tunnel: bool,
+    backend_closes: bool,
+}
+
+impl Relay {
+    /// Whether the backend connection can serve another exchange.
+    fn reusable(&self) -> bool {
+        !self.tunnel && !self.backend_closes && self.tracker.at_response_start()
+    }
+}
+
 /// Splits a batch of backend bytes at response boundaries and acts on each.
-fn pass_on(
-    mut input: &[u8],
-    tracker: &mut ResponseTracker,
-    out: &mut Vec<u8>,
-    tunnel: &mut bool,
-    exchange: &Exchange,
-) -> After {
+fn pass_on(mut input: &[u8], state: &mut Relay, out: &mut Vec<u8>, exchange: &Exchange) -> After {
+    let tracker = &mut state.tracker;
     while !input.is_empty() {
-        if *tunnel {
+        if state.tunnel {
             out.extend_from_slice(input);
             return After::Continue;
         }
@@ -125,14 +151,19 @@ fn pass_on(
                 if front.upgrade {
                     exchange.decide_upgrade(false);
                 }
-                if close || front.close {
+                state.backend_closes |= close;
+                if close && exchange.pending() > 0 {
+                    // Requests already forwarded will not be answered.
                     return After::Close;
+                }
+                if close || front.close {
+                    return After::Finish;
                 }
             }
             Some(Boundary::Switched) if front.upgrade => {
                 exchange.answered();
                 exchange.decide_upgrade(true);
-                *tunnel = true;
+                state.tunnel = true;
             }
             Some(Boundary::Switched) => {
                 debug!("backend switched protocols unasked");
@@ -156,8 +187,9 @@ fn broken(out: &mut Vec<u8>, untouched: Option<usize>, reason: &'static str) -> 
 }
 
 /// The backend closed its side.
-fn backend_closed(tracker: &ResponseTracker, exchange: &Exchange, tunnel: bool) -> After {
-    if tunnel || tracker.ends_at_close() {
+fn backend_closed(state: &Relay, exchange: &Exchange) -> After {
+    let tracker = &state.tracker;
+    if state.tunnel || tracker.ends_at_close() {
         exchange.answered();
         return After::Close;
     }
@@ -173,25 +205,32 @@ fn backend_closed(tracker: &ResponseTracker, exchange: &Exchange, tunnel: bool) 
 }
 
 /// Sends the final response, if there is one and it cannot land inside another, then
-/// closes the client connection.
+/// closes the client connection. Returns whether the exchange ended cleanly: no request
+/// broken off, nothing aborted.
 async fn finish(
     client: &mut TlsWriter,
     exchange: &Exchange,
     tracker: &ResponseTracker,
     worker: &Worker,
-) {
+) -> bool {
+    let ended_cleanly = !exchange.is_poisoned() && !exchange.is_aborted();
     let clean = !exchange.is_poisoned() || tracker.at_response_start();
+    let mut last = Vec::new();
     if let Some((response, with_body)) = exchange.take_final_response() {
         if clean && !exchange.is_aborted() {
             worker.metrics.gateway_response(response.status);
-            let _ = client
-                .write_all(&response.to_bytes(with_body), exchange.cancel())
-                .await;
+            last = response.to_bytes(with_body);
         }
     }
     if !exchange.is_aborted() {
-        let _ = client.close(exchange.cancel()).await;
+        let _ = client.finish(&last, exchange.cancel()).await;
+        if !last.is_empty() {
+            // The end of the stream now; the client may still be sending, and the
+            // connection lingers to read it.
+            let _ = client.shutdown().await;
+        }
     }
     // The request side may still be reading: nothing it reads can be forwarded now.
     exchange.abort();
+    ended_cleanly
 }

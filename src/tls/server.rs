@@ -81,7 +81,7 @@ impl TlsPolicy {
     /// each problem against its field.
     pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Option<Self> {
         let ingress = &loaded.config.ingress;
-        let provider = Arc::new(aws_lc_rs::default_provider());
+        let provider = Arc::new(provider());
 
         let key = server_key(loaded, &provider, problems);
         let trust = trust::client_roots(loaded, problems);
@@ -104,6 +104,7 @@ impl TlsPolicy {
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(Arc::new(SingleCertificate(Arc::new(key))));
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        config.ignore_client_order = true;
         // Resumption is stateless: tickets, never a session cache, so that any worker
         // (and any node sharing the key file) can resume any session.
         config.session_storage = Arc::new(NoServerSessionStorage {});
@@ -182,6 +183,23 @@ fn resumption(
     let policy = trust::policy_digest(loaded, trust);
     let ticketer = Ticketer::new(keys.clone(), policy, device.cloned());
     Some((Some(Arc::new(ticketer)), Some(keys)))
+}
+
+/// aws-lc-rs with AES-128-GCM suites first. Clients (OpenSSL, rustls) list AES-256
+/// first, which ties the transcript and key schedule to SHA-384; CPUs hash SHA-256 in
+/// hardware (SHA-NI) but SHA-384 in software, and that alone was a tenth of the CPU of a
+/// full handshake. Every suite stays available; only the server's preference changes.
+fn provider() -> CryptoProvider {
+    let mut provider = aws_lc_rs::default_provider();
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| match suite.suite() {
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+            | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 1,
+            _ => 2,
+        });
+    provider
 }
 
 /// Serves the one certificate whatever the SNI; the SNI rule runs before rustls.

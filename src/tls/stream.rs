@@ -387,10 +387,28 @@ impl TlsWriter {
         }
     }
 
-    /// Sends `close_notify` and half-closes the socket.
-    pub async fn close(&mut self, cancel: &CancelHandle) -> io::Result<()> {
+    /// Sends the last of `data` and `close_notify` together, in as few writes as rustls's
+    /// buffer allows. The socket closes when the session is dropped.
+    pub async fn finish(&mut self, mut data: &[u8], cancel: &CancelHandle) -> io::Result<()> {
+        while !data.is_empty() {
+            let accepted = self.conn.borrow_mut().writer().write(data)?;
+            data = &data[accepted..];
+            if !data.is_empty() {
+                self.flush(cancel).await?;
+            }
+        }
         self.conn.borrow_mut().send_close_notify();
-        self.flush(cancel).await?;
+        self.flush(cancel).await
+    }
+
+    /// Sends `close_notify`. The socket closes when the session is dropped.
+    pub async fn close(&mut self, cancel: &CancelHandle) -> io::Result<()> {
+        self.finish(&[], cancel).await
+    }
+
+    /// Half-closes the socket: the client reads the end of the stream now, while the
+    /// gateway may still read what it sends.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
         self.socket.shutdown().await
     }
 }

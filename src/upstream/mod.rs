@@ -16,6 +16,8 @@ use monoio::BufResult;
 use tracing::{debug, warn};
 
 use crate::config::{LoadedConfig, Problems};
+
+pub mod pool;
 use crate::socket;
 
 /// Where one backend listens.
@@ -95,6 +97,10 @@ impl Backend {
 pub struct BackendPool {
     backends: Vec<Backend>,
     connect_timeout: Duration,
+    /// Idle connections kept per worker.
+    pub keepalive_connections: usize,
+    /// How long an idle connection is kept.
+    pub keepalive_timeout: Duration,
 }
 
 /// No backend of the pool accepted a connection.
@@ -125,6 +131,8 @@ impl BackendPool {
         complete.then_some(Self {
             backends,
             connect_timeout: upstream.connect_timeout,
+            keepalive_connections: upstream.keepalive_connections,
+            keepalive_timeout: upstream.keepalive_timeout,
         })
     }
 
@@ -135,17 +143,16 @@ impl BackendPool {
 
     /// Connects to the backend at `turn` (round robin), or to the next ones in order when
     /// it fails, trying each once.
-    pub async fn connect(
-        &self,
-        turn: usize,
-    ) -> Result<(BackendStream, &Backend), NoBackendReachable> {
+    /// Returns the stream and the backend's number.
+    pub async fn connect(&self, turn: usize) -> Result<(BackendStream, usize), NoBackendReachable> {
         let count = self.backends.len();
         for offset in 0..count {
-            let backend = &self.backends[(turn + offset) % count];
+            let index = (turn + offset) % count;
+            let backend = &self.backends[index];
             match backend.connect(self.connect_timeout).await {
                 Ok(stream) => {
                     debug!(backend = %backend, "backend connected");
-                    return Ok((stream, backend));
+                    return Ok((stream, index));
                 }
                 Err(error) => warn!(backend = %backend, %error, "backend connect failed"),
             }
