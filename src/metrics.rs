@@ -181,8 +181,8 @@ impl Metrics {
             counters.push((
                 "session_tickets",
                 "event",
-                "accepted",
-                counts.accepted.load(Ordering::Relaxed),
+                "opened",
+                counts.opened.load(Ordering::Relaxed),
             ));
             counters.push((
                 "session_tickets",
@@ -196,7 +196,7 @@ impl Metrics {
                 "Verified-chain cache lookups in full handshakes and re-checks"
             }
             "revocation_refusals" => "Certificates refused as revoked, by where it was found",
-            _ => "Session tickets issued, accepted for resumption, or declined",
+            _ => "Session tickets issued, opened and admitted for resumption, or declined",
         };
         let mut at = 0;
         while at < counters.len() {

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use rustls::pki_types::CertificateDer;
 use tracing::{info, warn};
 
 use crate::tls::client_auth::DeviceVerifier;
-use crate::tls::revocation::{CrlSummary, RevocationSources};
+use crate::tls::revocation::{RevocationSet, RevocationSources};
 use crate::tls::tickets::TicketKeyRing;
 use crate::tls::{describe_time, unix_now, TlsPolicy};
 
@@ -63,7 +64,8 @@ struct RevocationReloader {
     device: Arc<DeviceVerifier>,
     stamps: Vec<Option<SystemTime>>,
     next_fetch: Instant,
-    in_force: Vec<CrlSummary>,
+    in_force: RevocationSet,
+    trusted_cas: Vec<CertificateDer<'static>>,
     warned: Vec<String>,
 }
 
@@ -75,6 +77,7 @@ impl RevocationReloader {
             device,
             next_fetch: Instant::now(),
             in_force: tls.initial_crls.clone(),
+            trusted_cas: tls.trusted_cas.clone(),
             warned: Vec::new(),
         }
     }
@@ -93,8 +96,14 @@ impl RevocationReloader {
         self.warn_about_expiry();
     }
 
+    /// Loads every source; a CRL whose signature fails, or any unreadable file, keeps
+    /// the set in force; a CRL older than the one in force for its issuer is ignored.
     fn reload(&mut self, fetch: bool) {
-        let loaded = self.sources.load(fetch).and_then(|set| {
+        let loaded = self.sources.load(fetch).and_then(|mut set| {
+            let mut issuers = self.trusted_cas.clone();
+            issuers.extend(self.device.known_issuers());
+            set.check_signatures(&issuers)?;
+            set.keep_newer_than(&self.in_force);
             let epoch = self.device.install_revocation(&set)?;
             Ok((set, epoch))
         });
@@ -105,7 +114,7 @@ impl RevocationReloader {
                     crls = set.crls.len(),
                     "CRLs reloaded; a new revocation epoch is in force"
                 );
-                self.in_force = set.summaries;
+                self.in_force = set;
                 self.warned.clear();
             }
             Err(error) => warn!(%error, "CRL reload failed; the CRLs in force stay"),
@@ -115,7 +124,7 @@ impl RevocationReloader {
     /// Warns once when a CRL in force is about to expire, and once when it has.
     fn warn_about_expiry(&mut self) {
         let now = unix_now();
-        for crl in &self.in_force {
+        for crl in &self.in_force.summaries {
             let Some(next_update) = crl.next_update else {
                 continue;
             };

@@ -158,6 +158,10 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let workers = worker_count(settings.workers);
     let (per_worker, listen) = bind_all(&settings.listen, workers)?;
     let metrics = Arc::new(Metrics::default());
+    metrics.set_tls_counters(TlsCounters {
+        device: settings.ingress.tls.device.clone(),
+        tickets: settings.ingress.tls.tickets.clone(),
+    });
     let admin = match settings.admin {
         Some(addr) => Some(
             admin::start(addr, metrics.clone())
@@ -173,10 +177,6 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     }
     crate::reload::spawn(&settings.ingress.tls)
         .map_err(|error| StartError::Runtime(error.to_string()))?;
-    metrics.set_tls_counters(TlsCounters {
-        device: settings.ingress.tls.device.clone(),
-        tickets: settings.ingress.tls.tickets.clone(),
-    });
     let ingress = Arc::new(settings.ingress);
     let cpus = if settings.pin_workers {
         core_affinity::get_core_ids().unwrap_or_default()

@@ -289,17 +289,23 @@ fn the_second_full_handshake_hits_the_chain_cache_and_a_crl_reload_invalidates_i
         ))
     };
 
+    // Each connection looks its chain up twice: in the handshake, and once more when it
+    // starts (a hit, unless a CRL arrived in between). A live-connection sweep may add
+    // hits, never misses.
     let client = Client::new(&pki, Some(&pki.good));
     assert_eq!(handshake_kind(&client, &gateway), Some(HandshakeKind::Full));
-    assert_eq!((lookups("hit"), lookups("miss")), (0.0, 1.0));
+    assert_eq!(lookups("miss"), 1.0);
+    let hits = lookups("hit");
+    assert!(hits >= 1.0);
     assert_eq!(handshake_kind(&client, &gateway), Some(HandshakeKind::Full));
-    assert_eq!((lookups("hit"), lookups("miss")), (1.0, 1.0));
+    assert_eq!(lookups("miss"), 1.0, "the second handshake is served from the cache");
+    assert!(lookups("hit") >= hits + 2.0);
 
     revoke(&pki, &gateway, &[]);
     assert_eq!(handshake_kind(&client, &gateway), Some(HandshakeKind::Full));
     assert_eq!(lookups("miss"), 2.0, "a new epoch re-verifies");
-    // (A worker's sweep of live connections may look the chain up meanwhile: a hit.)
     let hits = lookups("hit");
     assert_eq!(handshake_kind(&client, &gateway), Some(HandshakeKind::Full));
-    assert_eq!((lookups("hit"), lookups("miss")), (hits + 1.0, 2.0));
+    assert_eq!(lookups("miss"), 2.0);
+    assert!(lookups("hit") >= hits + 2.0);
 }

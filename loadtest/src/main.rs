@@ -142,12 +142,10 @@ struct Plan {
     mode: Mode,
     connections: usize,
     addr: SocketAddr,
-    host: String,
-    path: String,
     name: ServerName<'static>,
     config: Arc<ClientConfig>,
-    tokens: Vec<String>,
-    headers: Vec<String>,
+    /// Every request to send, made up front: one per token, sent in turn.
+    requests: Vec<Vec<u8>>,
     deadline: Instant,
     limit: Option<u64>,
     interval: Option<Duration>,
@@ -248,6 +246,18 @@ fn plan(options: &RunOptions) -> Result<Plan, String> {
                 .map(str::to_owned),
         );
     }
+    let close = options.mode != Mode::Keepalive;
+    let with_token = |token: Option<&String>| {
+        let mut headers = options.headers.clone();
+        headers.extend(token.map(|token| format!("authorization: Bearer {token}")));
+        let mut request = Vec::new();
+        connection::request(&mut request, authority, &path, &headers, close);
+        request
+    };
+    let requests: Vec<Vec<u8>> = match tokens.is_empty() {
+        true => vec![with_token(None)],
+        false => tokens.iter().map(|token| with_token(Some(token))).collect(),
+    };
     let interval = match options.rate {
         Some(rate) if rate > 0.0 => Some(Duration::from_secs_f64(
             options.connections.max(1) as f64 / rate,
@@ -259,12 +269,9 @@ fn plan(options: &RunOptions) -> Result<Plan, String> {
         mode: options.mode,
         connections: options.connections,
         addr,
-        host: authority.to_owned(),
-        path,
         name,
         config: client_config(options)?,
-        tokens,
-        headers: options.headers.clone(),
+        requests,
         deadline: started + options.duration,
         limit: options.requests,
         interval,
@@ -373,7 +380,6 @@ async fn drive(plan: Arc<Plan>, index: usize, tally: Shared) {
         .unwrap_or_default();
     let mut due = plan.started + offset;
     let mut open: Option<Connection> = None;
-    let mut request = Vec::with_capacity(2048);
     if plan.mode == Mode::Idle {
         return hold(&plan, &tally).await;
     }
@@ -398,17 +404,11 @@ async fn drive(plan: Arc<Plan>, index: usize, tally: Shared) {
         if plan.limit.is_some_and(|limit| number >= limit) {
             break;
         }
-        let token =
-            (!plan.tokens.is_empty()).then(|| &plan.tokens[number as usize % plan.tokens.len()]);
-        let mut headers = plan.headers.clone();
-        if let Some(token) = token {
-            headers.push(format!("authorization: Bearer {token}"));
-        }
         let reuse = plan.mode == Mode::Keepalive;
-        connection::request(&mut request, &plan.host, &plan.path, &headers, !reuse);
+        let request = &plan.requests[number as usize % plan.requests.len()];
         let attempt = monoio::time::timeout(
             plan.timeout,
-            one_request(&plan, open.take(), &request, &tally),
+            one_request(&plan, open.take(), request, &tally),
         )
         .await;
         match attempt {

@@ -12,6 +12,9 @@ const MAX_HEAD_LIMIT: usize = 1024 * 1024;
 /// lines of at least 8000 octets; far below that, ordinary requests fail.
 const MIN_HEAD_LIMIT: usize = 1024;
 
+/// The longest ticket lifetime TLS 1.3 allows.
+const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Records every out-of-range value and every setting that will be ignored.
 pub fn check_values(config: &Config, problems: &mut Problems) {
     check_limits(config, problems);
@@ -38,6 +41,22 @@ fn check_limits(config: &Config, problems: &mut Problems) {
         "ingress.upstream.connect_timeout",
         config.ingress.upstream.connect_timeout,
     );
+    let resumption = &config.ingress.session_resumption;
+    positive(
+        "ingress.session_resumption.ticket_lifetime",
+        resumption.ticket_lifetime,
+    );
+    positive(
+        "ingress.session_resumption.key_rotation",
+        resumption.key_rotation,
+    );
+    if resumption.ticket_lifetime > MAX_TICKET_LIFETIME {
+        // RFC 8446 §4.6.1: servers MUST NOT use a ticket lifetime over seven days.
+        problems.push(
+            "ingress.session_resumption.ticket_lifetime",
+            "must be at most 7 days",
+        );
+    }
     if !(MIN_HEAD_LIMIT..=MAX_HEAD_LIMIT).contains(&limits.max_head_bytes) {
         let message = format!("must be between {MIN_HEAD_LIMIT} and {MAX_HEAD_LIMIT} bytes");
         problems.push("limits.max_head_bytes", message);

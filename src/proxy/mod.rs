@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
+use rustls::pki_types::UnixTime;
 use tracing::{debug, debug_span, field, Instrument, Span};
 
 use crate::auth::cache::TokenCache;
@@ -24,7 +25,8 @@ use crate::config::LimitsConfig;
 use crate::http::GatewayResponse;
 use crate::ingress::Ingress;
 use crate::metrics::WorkerMetrics;
-use crate::tls::stream::{self, TlsReader, TlsSession, TlsWriter};
+use crate::tls::chain_cache::VerifiedChain;
+use crate::tls::stream::{self, HandshakeFacts, TlsReader, TlsSession, TlsWriter};
 use crate::tls::HandshakeRefusal;
 use crate::upstream::pool::IdlePool;
 use crate::upstream::{BackendReader, BackendWriter};
@@ -125,13 +127,16 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         mut writer,
         facts,
     } = session;
+    let Ok(device) = device_of(&facts, worker) else {
+        return;
+    };
     let client = Client {
         worker,
         ingress: &worker.ingress,
         peer,
-        device: facts.client.as_ref(),
+        device: device.as_deref().map(|chain| &chain.identity),
     };
-    let Some(chain) = facts.chain.clone() else {
+    let Some(chain) = device.clone() else {
         serve_requests(&mut reader, &mut writer, &client).await;
         send_pending_alert(&mut writer).await;
         return;
@@ -178,16 +183,39 @@ async fn handshake(socket: TcpStream, worker: &Worker) -> Option<TlsSession> {
 }
 
 fn record_session(session: &TlsSession) {
-    let span = Span::current();
     let facts = &session.facts;
     if let Some(sni) = &facts.sni {
-        span.record("sni", sni.as_str());
-    }
-    if let Some(client) = &facts.client {
-        span.record("client.subject", client.subject.as_str());
-        span.record("client.sha256", client.fingerprint.as_str());
+        Span::current().record("sni", sni.as_str());
     }
     debug!(version = ?facts.version, resumed = facts.resumed, "handshake complete");
+}
+
+/// The device behind a session: the chain rustls holds for it, checked again under the
+/// revocation set in force now (a cache hit, unless a CRL arrived since it was verified,
+/// in the handshake or when its ticket was opened). `Err` when it no longer passes: the
+/// connection then closes before any request, since a session is past the point where a
+/// TLS alert could say why. (A ticket whose chain fails is declined before that, and the
+/// full handshake that follows gets the alert.)
+fn device_of(facts: &HandshakeFacts, worker: &Worker) -> Result<Option<Arc<VerifiedChain>>, ()> {
+    let (Some(chain), Some(device)) = (&facts.peer_chain, &worker.ingress.tls.device) else {
+        return Ok(None);
+    };
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Ok(None);
+    };
+    match device.check(leaf, intermediates, UnixTime::now()) {
+        Ok(verified) => {
+            let span = Span::current();
+            span.record("client.subject", verified.identity.subject.as_str());
+            span.record("client.sha256", verified.identity.fingerprint.as_str());
+            Ok(Some(verified))
+        }
+        Err(error) => {
+            worker.metrics.live_connection_revoked();
+            debug!(%error, "closing: the session's certificate no longer verifies");
+            Err(())
+        }
+    }
 }
 
 /// The first request is read and checked before any backend is contacted; only an

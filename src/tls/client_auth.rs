@@ -5,7 +5,7 @@
 //! certificate's SHA-256.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -15,6 +15,8 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
 use tracing::debug;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
 
 use super::chain_cache::{ChainCache, ChainKey, VerifiedChain};
 use super::handshake_notes;
@@ -22,6 +24,15 @@ use super::identity;
 use super::refusal::HandshakeRefusal;
 use super::revocation::RevocationSet;
 use crate::config::{ClientAuthMode, ExpiredCrlPolicy, RevocationScope, TransportSecurityConfig};
+
+/// The most intermediates a client chain may carry.
+const MAX_INTERMEDIATES: usize = 6;
+
+/// The most bytes a client chain may take, leaf included.
+const MAX_CHAIN_BYTES: usize = 16 * 1024;
+
+/// The most intermediate CAs remembered for checking the signatures of reloaded CRLs.
+const MAX_KNOWN_ISSUERS: usize = 64;
 
 /// One revocation epoch: the webpki verifier built with the CRLs then in force.
 struct TrustEpoch {
@@ -41,6 +52,9 @@ pub struct DeviceVerifier {
     next_epoch: AtomicU64,
     cache: ChainCache,
     refusals_by_revocation: AtomicU64,
+    /// Intermediate CAs proven (by signature) to have issued a verified chain, so that a
+    /// reloaded CRL of theirs can have its signature checked before it is put in force.
+    known_issuers: Mutex<Vec<CertificateDer<'static>>>,
 }
 
 impl std::fmt::Debug for DeviceVerifier {
@@ -75,6 +89,7 @@ impl DeviceVerifier {
             next_epoch: AtomicU64::new(2),
             cache: ChainCache::new(cache_size),
             refusals_by_revocation: AtomicU64::new(0),
+            known_issuers: Mutex::new(Vec::new()),
         }))
     }
 
@@ -115,6 +130,17 @@ impl DeviceVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<Arc<VerifiedChain>, Error> {
+        let bytes: usize = std::iter::once(leaf)
+            .chain(intermediates)
+            .map(|cert| cert.len())
+            .sum();
+        if intermediates.len() > MAX_INTERMEDIATES || bytes > MAX_CHAIN_BYTES {
+            // Bounded so that a device cannot fill the chain cache (or a ticket) with
+            // certificates no path uses.
+            let error = Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
+            self.note_refusal(&error, leaf);
+            return Err(error);
+        }
         let key = ChainKey::of(leaf.as_ref(), intermediates);
         let epoch = self.current.load();
         let seconds = now.as_secs() as i64;
@@ -130,12 +156,53 @@ impl DeviceVerifier {
                         ))?;
                 let chain = Arc::new(chain);
                 self.cache.insert(chain.clone(), seconds);
+                self.learn_issuers(leaf, intermediates);
                 Ok(chain)
             }
             Err(error) => {
                 self.note_refusal(&error, leaf);
                 Err(error)
             }
+        }
+    }
+
+    /// The intermediate CAs seen issuing verified chains.
+    pub fn known_issuers(&self) -> Vec<CertificateDer<'static>> {
+        self.known_issuers
+            .lock()
+            .map(|known| known.clone())
+            .unwrap_or_default()
+    }
+
+    /// Remembers the intermediates of a verified chain, walking up from the leaf and
+    /// keeping each one whose key signed the certificate below it: a device cannot make
+    /// the gateway remember a certificate that no path of its chain used.
+    fn learn_issuers(&self, leaf: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) {
+        let mut child = leaf.as_ref();
+        for _ in 0..intermediates.len() {
+            let Ok((_, below)) = X509Certificate::from_der(child) else {
+                return;
+            };
+            let issuer = intermediates.iter().find_map(|candidate| {
+                let (_, parsed) = X509Certificate::from_der(candidate.as_ref()).ok()?;
+                (parsed.subject().as_raw() == below.issuer().as_raw())
+                    .then_some((candidate, parsed))
+            });
+            let Some((issuer, parsed)) = issuer else {
+                return;
+            };
+            let Ok(mut known) = self.known_issuers.lock() else {
+                return;
+            };
+            if !known.iter().any(|k| k.as_ref() == issuer.as_ref()) {
+                if known.len() >= MAX_KNOWN_ISSUERS
+                    || below.verify_signature(Some(parsed.public_key())).is_err()
+                {
+                    return;
+                }
+                known.push(issuer.clone().into_owned());
+            }
+            child = issuer.as_ref();
         }
     }
 

@@ -1,8 +1,13 @@
-//! What one handshake has established so far, for the parts rustls calls back into
-//! without saying which connection they serve: the client verifier notes the chain it
-//! verified, and the ticketer reads it to seal it into the tickets it issues.
+//! What one handshake has seen so far, for the parts rustls calls back into without
+//! saying which connection they serve: the client verifier notes the chain it verified,
+//! the ticketer notes the chain sealed in a ticket it opened, and when the ticketer seals
+//! a new ticket it reads which chain to put in.
 //!
-//! rustls calls both synchronously from `process_new_packets`. The handshake driver
+//! These notes only decide what goes into tickets. Who the client is comes from what
+//! rustls reports once the handshake is over (`peer_certificates`), never from here: a
+//! ticket can be opened and still not resumed, and then its chain is nobody's.
+//!
+//! rustls calls back synchronously from `process_new_packets`. The handshake driver
 //! installs its connection's notes on the worker thread around each such call, so the
 //! callbacks always see the connection being processed, never another one whose
 //! handshake is interleaved with it on the same thread.
@@ -20,14 +25,18 @@ thread_local! {
 /// One connection's notes.
 #[derive(Debug, Default)]
 pub struct HandshakeNotes {
-    chain: RefCell<Option<Arc<VerifiedChain>>>,
+    verified: RefCell<Option<Arc<VerifiedChain>>>,
+    from_ticket: RefCell<Option<Arc<VerifiedChain>>>,
 }
 
 impl HandshakeNotes {
-    /// The chain verified during this handshake (fully, from the cache, or when its
-    /// ticket was accepted).
-    pub fn verified_chain(&self) -> Option<Arc<VerifiedChain>> {
-        self.chain.borrow().clone()
+    /// The chain to seal in tickets issued now: the one verified in this handshake, or,
+    /// when nothing was verified, the one from the ticket this handshake resumed.
+    fn chain_for_tickets(&self) -> Option<Arc<VerifiedChain>> {
+        self.verified
+            .borrow()
+            .clone()
+            .or_else(|| self.from_ticket.borrow().clone())
     }
 }
 
@@ -39,21 +48,30 @@ pub fn within<R>(notes: &Rc<HandshakeNotes>, step: impl FnOnce() -> R) -> R {
     result
 }
 
-/// Notes that the current handshake's client presented `chain`, now verified.
+/// Notes that the client presented `chain` in this handshake, and it verified.
 pub fn note_verified(chain: &Arc<VerifiedChain>) {
-    CURRENT.with(|current| {
-        if let Some(notes) = current.borrow().as_ref() {
-            *notes.chain.borrow_mut() = Some(chain.clone());
-        }
-    });
+    with_current(|notes| *notes.verified.borrow_mut() = Some(chain.clone()));
 }
 
-/// The chain verified so far in the current handshake.
-pub fn current_chain() -> Option<Arc<VerifiedChain>> {
+/// Notes that a ticket offered in this handshake carries `chain`, still valid.
+pub fn note_ticket_chain(chain: &Arc<VerifiedChain>) {
+    with_current(|notes| *notes.from_ticket.borrow_mut() = Some(chain.clone()));
+}
+
+/// The chain to seal in a ticket issued now, in the current handshake.
+pub fn chain_for_tickets() -> Option<Arc<VerifiedChain>> {
     CURRENT.with(|current| {
         current
             .borrow()
             .as_ref()
-            .and_then(|notes| notes.verified_chain())
+            .and_then(|notes| notes.chain_for_tickets())
     })
+}
+
+fn with_current(note: impl FnOnce(&HandshakeNotes)) {
+    CURRENT.with(|current| {
+        if let Some(notes) = current.borrow().as_ref() {
+            note(notes);
+        }
+    });
 }

@@ -42,7 +42,28 @@ pub fn revocation_lists_in(
     if crls.is_empty() {
         return Err("no X509 CRL block found".into());
     }
+    // The PEM reader skips text between blocks; a file cut mid-write, or holding other
+    // blocks, would quietly lose CRLs. Every marker must belong to a whole CRL block,
+    // and nothing but whitespace may follow the last one.
+    const END: &[u8] = b"-----END X509 CRL-----";
+    let markers = count_apart(bytes, b"-----");
+    let last_end = bytes.windows(END.len()).rposition(|w| w == END);
+    let trailing = last_end.map_or(bytes, |at| &bytes[at + END.len()..]);
+    if markers != crls.len() * 4 || !trailing.iter().all(u8::is_ascii_whitespace) {
+        return Err("a PEM block is cut short or is not an X509 CRL".into());
+    }
     Ok(crls)
+}
+
+/// How many times `needle` occurs in `haystack` without overlapping.
+fn count_apart(haystack: &[u8], needle: &[u8]) -> usize {
+    let mut count = 0;
+    let mut rest = haystack;
+    while let Some(at) = rest.windows(needle.len()).position(|w| w == needle) {
+        count += 1;
+        rest = &rest[at + needle.len()..];
+    }
+    count
 }
 
 fn describe(path: &Path, error: pem::Error) -> String {

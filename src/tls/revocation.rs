@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use rustls::pki_types::CertificateRevocationListDer;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use tracing::warn;
-use x509_parser::prelude::{CertificateRevocationList, FromDer};
+use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
 
 use super::pem;
 use crate::fetch::Fetcher;
@@ -26,11 +26,15 @@ pub struct RevocationSet {
     pub summaries: Vec<CrlSummary>,
 }
 
-/// What the logs say about one CRL.
+/// What the logs say about one CRL, and what decides which of two CRLs is newer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlSummary {
     /// The issuer's distinguished name.
     pub issuer: String,
+    /// The issuer's distinguished name, DER: how CRLs and CAs are matched.
+    pub issuer_der: Vec<u8>,
+    /// thisUpdate, in seconds since the Unix epoch.
+    pub this_update: i64,
     /// How many certificates it revokes.
     pub revoked: usize,
     /// nextUpdate, in seconds since the Unix epoch; `None` when the CRL has none.
@@ -52,12 +56,83 @@ impl RevocationSet {
     }
 
     /// Adds every CRL in `bytes` (PEM blocks or one DER CRL) that came from `origin`.
+    /// Of two CRLs from one issuer only the newer is kept: webpki consults the first
+    /// one it finds, and an older one must never hide a newer revocation.
     pub fn load_bytes(&mut self, bytes: &[u8], origin: &str) -> Result<(), String> {
         for crl in pem::revocation_lists_in(bytes).map_err(|e| format!("{origin}: {e}"))? {
             let summary =
                 summarize(&crl).ok_or_else(|| format!("{origin}: not a valid X.509 CRL"))?;
-            self.crls.push(crl);
-            self.summaries.push(summary);
+            self.keep_newer(crl, summary);
+        }
+        Ok(())
+    }
+
+    fn keep_newer(&mut self, crl: CertificateRevocationListDer<'static>, summary: CrlSummary) {
+        match self
+            .summaries
+            .iter()
+            .position(|held| held.issuer_der == summary.issuer_der)
+        {
+            Some(at) if self.summaries[at].this_update >= summary.this_update => {}
+            Some(at) => {
+                self.crls[at] = crl;
+                self.summaries[at] = summary;
+            }
+            None => {
+                self.crls.push(crl);
+                self.summaries.push(summary);
+            }
+        }
+    }
+
+    /// Refuses to go back in time: where `in_force` holds a newer CRL from an issuer
+    /// than this set, the newer one stays (RFC 5280 §5.2.3: a replayed old CRL must not
+    /// undo a revocation).
+    pub fn keep_newer_than(&mut self, in_force: &RevocationSet) {
+        for (crl, summary) in in_force.crls.iter().zip(&in_force.summaries) {
+            let mine = self
+                .summaries
+                .iter()
+                .position(|held| held.issuer_der == summary.issuer_der);
+            if let Some(at) = mine {
+                if self.summaries[at].this_update < summary.this_update {
+                    warn!(issuer = %summary.issuer, "refusing a CRL older than the one in force");
+                    self.crls[at] = crl.clone();
+                    self.summaries[at] = summary.clone();
+                }
+            }
+        }
+    }
+
+    /// Checks the signature of every CRL whose issuer is among `issuers` (client CAs and
+    /// intermediates seen in verified chains): one certificate of that name must have
+    /// signed it. A CRL of an issuer not yet seen is left to webpki, which checks it
+    /// against the chain in every verification.
+    pub fn check_signatures(&self, issuers: &[CertificateDer<'_>]) -> Result<(), String> {
+        let issuers: Vec<X509Certificate<'_>> = issuers
+            .iter()
+            .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, c)| c))
+            .collect();
+        for (crl, summary) in self.crls.iter().zip(&self.summaries) {
+            let named: Vec<_> = issuers
+                .iter()
+                .filter(|ca| ca.subject().as_raw() == summary.issuer_der.as_slice())
+                .collect();
+            if named.is_empty() {
+                // An issuer not yet seen: webpki checks the signature when it uses the CRL.
+                continue;
+            }
+            let (_, parsed) = CertificateRevocationList::from_der(crl.as_ref())
+                .map_err(|_| format!("the CRL of {} does not parse", summary.issuer))?;
+            if !named
+                .iter()
+                .any(|ca| parsed.verify_signature(ca.public_key()).is_ok())
+            {
+                return Err(format!(
+                    "the CRL of {} is not signed by that CA's key",
+                    summary.issuer
+                ));
+            }
         }
         Ok(())
     }
@@ -70,6 +145,8 @@ fn summarize(crl: &CertificateRevocationListDer<'_>) -> Option<CrlSummary> {
     }
     Some(CrlSummary {
         issuer: parsed.issuer().to_string(),
+        issuer_der: parsed.issuer().as_raw().to_vec(),
+        this_update: parsed.last_update().timestamp(),
         revoked: parsed.iter_revoked_certificates().count(),
         next_update: parsed.next_update().map(|time| time.timestamp()),
     })
@@ -118,7 +195,17 @@ impl RevocationSources {
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
         for url in &self.urls {
             if fetch {
-                match self.fetcher.get(url, "application/pkix-crl") {
+                // A copy is kept only once it reads as CRLs: a bad document must not
+                // displace the last good one, nor fail every later load.
+                let document = self
+                    .fetcher
+                    .get(url, "application/pkix-crl")
+                    .and_then(|document| {
+                        RevocationSet::default()
+                            .load_bytes(&document.body, url)
+                            .map(|()| document)
+                    });
+                match document {
                     Ok(document) => {
                         fetched.insert(url.clone(), document.body);
                     }

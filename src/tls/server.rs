@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
@@ -13,7 +14,7 @@ use tracing::info;
 
 use super::client_auth::DeviceVerifier;
 use super::pem;
-use super::revocation::{CrlSummary, RevocationSet, RevocationSources};
+use super::revocation::{RevocationSet, RevocationSources};
 use super::tickets::{TicketKeyRing, TicketKeySource, Ticketer};
 use super::trust::{self, describe_time, TrustStore};
 use crate::config::{ClientAuthMode, LoadedConfig, Problems, TlsVersion};
@@ -37,7 +38,9 @@ pub struct TlsPolicy {
     /// Where the CRLs come from, for reloads; `None` in `tls` mode.
     pub revocation: Option<Arc<RevocationSources>>,
     /// The CRLs loaded at startup, for the log.
-    pub initial_crls: Vec<CrlSummary>,
+    pub initial_crls: RevocationSet,
+    /// The trusted client CAs, against which reloaded CRLs they issued are checked.
+    pub trusted_cas: Vec<CertificateDer<'static>>,
     /// The ticketer; `None` when resumption is off.
     pub tickets: Option<Arc<Ticketer>>,
     /// Its keys.
@@ -59,8 +62,8 @@ impl TlsPolicy {
         for subject in &self.client_ca_subjects {
             info!(subject = %subject, "trusted client CA");
         }
-        info!(count = self.initial_crls.len(), "CRLs loaded");
-        for crl in &self.initial_crls {
+        info!(count = self.initial_crls.crls.len(), "CRLs loaded");
+        for crl in &self.initial_crls.summaries {
             info!(
                 issuer = %crl.issuer,
                 revoked = crl.revoked,
@@ -86,6 +89,9 @@ impl TlsPolicy {
         let key = server_key(loaded, &provider, problems);
         let trust = trust::client_roots(loaded, problems);
         let initial = trust::revocation_set(loaded, problems);
+        if let Err(error) = initial.check_signatures(&trust.certificates) {
+            problems.push("ingress.transport_security.crl_files", error);
+        }
         let revocation = trust::revocation_sources(loaded, problems).map(Arc::new);
         trust::warn_about_missing_crls(loaded, &trust.subjects, &initial, problems);
         let device = device_verifier(loaded, &trust, &initial, &provider, problems)?;
@@ -120,7 +126,8 @@ impl TlsPolicy {
             client_ca_subjects: trust.subjects,
             device,
             revocation,
-            initial_crls: initial.summaries,
+            initial_crls: initial,
+            trusted_cas: trust.certificates,
             tickets,
             ticket_keys,
         })

@@ -8,19 +8,17 @@
 use std::cell::RefCell;
 use std::io::{self, BufRead, Write};
 use std::rc::Rc;
-use std::sync::Arc;
 
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
     OwnedReadHalf, OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
+use rustls::pki_types::CertificateDer;
 use rustls::server::{Acceptor, ClientHello};
 use rustls::{HandshakeKind, ProtocolVersion, ServerConnection};
 
-use super::chain_cache::VerifiedChain;
 use super::handshake_notes::{self, HandshakeNotes};
-use super::identity::ClientIdentity;
 use super::refusal::HandshakeRefusal;
 use super::server::TlsPolicy;
 use crate::socket;
@@ -38,11 +36,10 @@ pub struct HandshakeFacts {
     pub sni: Option<String>,
     /// The negotiated TLS version.
     pub version: Option<ProtocolVersion>,
-    /// The verified device, when the client presented a certificate: always the leaf's
-    /// identity, on a resumed session as on a full handshake.
-    pub client: Option<ClientIdentity>,
-    /// The verified chain, for re-checks while the connection lives.
-    pub chain: Option<Arc<VerifiedChain>>,
+    /// The client's certificate chain as rustls holds it for this session: verified in
+    /// this handshake, or in the one that issued the ticket it resumed. Who the device is
+    /// comes from here, after the device policy has checked it again (see the proxy).
+    pub peer_chain: Option<Vec<CertificateDer<'static>>>,
     /// The session was resumed from a ticket.
     pub resumed: bool,
 }
@@ -76,6 +73,7 @@ pub async fn accept(socket: TcpStream, policy: &TlsPolicy) -> Result<TlsSession,
         input: Vec::with_capacity(READ_CHUNK),
         sni: None,
         notes: Rc::default(),
+        leftover: Vec::new(),
     };
     let accepted = handshake.read_client_hello().await?;
     handshake
@@ -101,6 +99,7 @@ struct Handshake {
     input: Vec<u8>,
     sni: Option<String>,
     notes: Rc<HandshakeNotes>,
+    leftover: Vec<u8>,
 }
 
 impl Handshake {
@@ -108,20 +107,26 @@ impl Handshake {
         let mut acceptor = Acceptor::default();
         loop {
             self.read_some().await?;
+            // Fed a record at a time as rustls takes it, so that a large ClientHello
+            // (rustls accepts up to 64 KiB) is assembled rather than overflowing.
             let mut input = &self.input[..];
             while !input.is_empty() {
                 acceptor
                     .read_tls(&mut input)
                     .map_err(|e| self.io_failure(e))?;
-            }
-            match acceptor.accept() {
-                Ok(Some(accepted)) => return Ok(accepted),
-                Ok(None) => continue,
-                Err((error, mut alert)) => {
-                    let mut out = Vec::new();
-                    let _ = alert.write_all(&mut out);
-                    self.send(out).await;
-                    return Err(self.failure(HandshakeRefusal::ProtocolError, error));
+                match acceptor.accept() {
+                    Ok(Some(accepted)) => {
+                        // What came after the ClientHello is the connection's to read.
+                        self.leftover = input.to_vec();
+                        return Ok(accepted);
+                    }
+                    Ok(None) => {}
+                    Err((error, mut alert)) => {
+                        let mut out = Vec::new();
+                        let _ = alert.write_all(&mut out);
+                        self.send(out).await;
+                        return Err(self.failure(HandshakeRefusal::ProtocolError, error));
+                    }
                 }
             }
         }
@@ -148,6 +153,14 @@ impl Handshake {
         mut self,
         mut conn: ServerConnection,
     ) -> Result<TlsSession, HandshakeFailure> {
+        if !self.leftover.is_empty() {
+            let leftover = std::mem::take(&mut self.leftover);
+            if let Err(error) = handshake_notes::within(&self.notes, || feed(&mut conn, &leftover))
+            {
+                let _ = self.flush(&mut conn).await;
+                return Err(self.failure(HandshakeRefusal::from_tls_error(&error), error));
+            }
+        }
         loop {
             self.flush(&mut conn).await?;
             if !conn.is_handshaking() {
@@ -162,19 +175,10 @@ impl Handshake {
             }
         }
 
-        let chain = self.notes.verified_chain();
-        let client = match &chain {
-            Some(chain) => Some(chain.identity.clone()),
-            None => conn
-                .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(|leaf| ClientIdentity::from_der(leaf.as_ref())),
-        };
         let facts = HandshakeFacts {
             sni: self.sni.take(),
             version: conn.protocol_version(),
-            client,
-            chain,
+            peer_chain: conn.peer_certificates().map(<[_]>::to_vec),
             resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
         };
         Ok(split(self.socket, conn, facts))

@@ -36,6 +36,13 @@ const KEY_LEN: usize = 32;
 /// Length of a key id in a ticket.
 const KEY_ID_LEN: usize = 4;
 
+/// How far ahead of this node's clock another node's ticket may be dated.
+const CLOCK_SKEW: u64 = 300;
+
+fn unix_seconds() -> u64 {
+    crate::auth::unix_seconds()
+}
+
 /// One ticket key.
 pub struct TicketKey {
     id: [u8; KEY_ID_LEN],
@@ -227,7 +234,11 @@ pub fn new_key_line() -> String {
 
 /// Writes a key file with a new key first, keeping at most `keep` keys of `existing`.
 pub fn write_new_key(path: &Path, keep: usize) -> Result<(), String> {
-    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
     if !existing.trim().is_empty() {
         parse_key_file(&existing).map_err(|e| format!("{}: {e}", path.display()))?;
     }
@@ -246,9 +257,17 @@ pub fn write_new_key(path: &Path, keep: usize) -> Result<(), String> {
         text.push_str(line);
         text.push('\n');
     }
-    let temporary = path.with_extension("tmp");
-    write_private(&temporary, &text).map_err(|e| format!("{}: {e}", temporary.display()))?;
-    std::fs::rename(&temporary, path).map_err(|e| format!("{}: {e}", path.display()))
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}.tmp", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    if let Err(e) = write_private(&temporary, &text) {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(format!("{}: {e}", temporary.display()));
+    }
+    std::fs::rename(&temporary, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        format!("{}: {e}", path.display())
+    })
 }
 
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
@@ -256,8 +275,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
         .open(path)?;
     file.write_all(text.as_bytes())?;
@@ -269,8 +287,10 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 pub struct TicketCounts {
     /// Tickets issued.
     pub issued: AtomicU64,
-    /// Tickets accepted for resumption.
-    pub accepted: AtomicU64,
+    /// Tickets opened and still admitted; rustls may yet fall back to a full handshake
+    /// (for example when the ticket's suite is not offered again), so resumed handshakes
+    /// are counted separately.
+    pub opened: AtomicU64,
     /// Tickets declined: unreadable, too old, another policy's, or a chain no longer valid.
     pub declined: AtomicU64,
 }
@@ -314,11 +334,9 @@ impl Ticketer {
 
     fn seal(&self, plain: &[u8]) -> Option<Vec<u8>> {
         let key = self.keys.newest()?;
-        let mut body = encode_chain(
-            handshake_notes::current_chain()
-                .as_deref()
-                .map(|c| &c.certificates[..]),
-        );
+        let chain = handshake_notes::chain_for_tickets();
+        let mut body = unix_seconds().to_be_bytes().to_vec();
+        body.extend(encode_chain(chain.as_deref().map(|c| &c.certificates[..])));
         body.extend_from_slice(plain);
         let nonce = key
             .cipher
@@ -341,6 +359,13 @@ impl Ticketer {
             .cipher
             .open_in_place(nonce, Aad::from(self.aad(id)), &mut body)
             .ok()?;
+        let (issued, opened) = opened.split_at_checked(8)?;
+        let issued = u64::from_be_bytes(issued.try_into().ok()?);
+        // RFC 8446 §4.6.1: a ticket is good for its lifetime from issue, not longer.
+        let age = unix_seconds().saturating_sub(issued);
+        if age > self.keys.lifetime.as_secs() || issued > unix_seconds() + CLOCK_SKEW {
+            return None;
+        }
         let (chain, used) = decode_chain(opened)?;
         Some((chain, opened[used..].to_vec()))
     }
@@ -353,7 +378,7 @@ impl Ticketer {
         };
         match device.check(leaf, intermediates, rustls::pki_types::UnixTime::now()) {
             Ok(verified) => {
-                handshake_notes::note_verified(&verified);
+                handshake_notes::note_ticket_chain(&verified);
                 true
             }
             Err(error) => {
@@ -387,7 +412,7 @@ impl ProducesTickets for Ticketer {
             .filter(|(chain, _)| self.admits(chain))
             .map(|(_, plain)| plain);
         let counter = if accepted.is_some() {
-            &self.counts.accepted
+            &self.counts.opened
         } else {
             &self.counts.declined
         };
