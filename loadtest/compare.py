@@ -80,7 +80,6 @@ def main():
     processes = []
     try:
         run([str(LOADGEN), "fixtures", "--out", str(work), "--pool", "5000"])
-        
         processes.append(start_backend(work))
         scenarios = args.only or list(SCENARIOS)
         results = {}
@@ -217,6 +216,7 @@ def nginx_config(work):
   upstream app {{ server 127.0.0.1:{PORTS['backend']}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']} ssl;
+    ssl_protocols TLSv1.2 TLSv1.3;
     ssl_certificate {work}/server.pem;
     ssl_certificate_key {work}/server.key;
     ssl_client_certificate {work}/ca.pem;
@@ -253,8 +253,9 @@ def start_server(server, work, auth):
 
 
 def cpu_seconds(pid):
+    """User and system CPU seconds the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
 def rss_kib(pid):
@@ -285,13 +286,17 @@ def run_scenario(name, work, duration, processes):
             if name == "idle":
                 outcome["servers"][server] = idle_run(process, server, work, extra, duration)
             else:
-                before = cpu_seconds(process.pid)
+                user_before, system_before = cpu_seconds(process.pid)
                 report = load(server, work, extra, duration)
-                used = cpu_seconds(process.pid) - before
+                user_after, system_after = cpu_seconds(process.pid)
+                user, system = user_after - user_before, system_after - system_before
                 operations = report["requests"]
+                per_1000 = (lambda seconds: 1000 * seconds / operations) if operations else (lambda _: None)
                 outcome["servers"][server] = {
                     "ops_per_second": report["requests_per_second"],
-                    "cpu_seconds_per_1000": 1000 * used / operations if operations else None,
+                    "cpu_seconds_per_1000": per_1000(user + system),
+                    "user_seconds_per_1000": per_1000(user),
+                    "system_seconds_per_1000": per_1000(system),
                     "errors": report["errors"],
                     "statuses": report["statuses"],
                     "handshakes": report["handshakes"],
@@ -313,22 +318,31 @@ def run_scenario(name, work, duration, processes):
 
 
 def idle_run(process, server, work, extra, duration):
+    """Memory per held connection: resident memory once every connection is open (the
+    last seconds of the hold, after the transient memory of the handshakes), less the
+    memory before; the peak during the ramp is reported too."""
     before = rss_kib(process.pid)
-    hold = max(duration, 10)
+    hold = max(duration, 12)
     loadgen = subprocess.Popen(
         ["taskset", "-c", CLIENT_CPU, str(LOADGEN), "run", "--url", f"https://127.0.0.1:{PORTS[server]}/",
          "--server-name", "localhost", "--cacert", "ca.pem", "--cert", "client.pem", "--key", "client.key",
          "--threads", "1", "--duration", f"{hold}s", "--timeout", "60s", "--json", "-", "--quiet", *extra],
         cwd=work, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    peak = before
+    started = time.time()
+    peak, settled = before, []
     while loadgen.poll() is None:
-        peak = max(peak, rss_kib(process.pid))
+        rss = rss_kib(process.pid)
+        peak = max(peak, rss)
+        if hold - 4 <= time.time() - started <= hold - 1:
+            settled.append(rss)
         time.sleep(0.2)
     output = loadgen.stdout.read()
     report = json.loads(output[output.index("{"):])
     held = report["held_connections"]
-    return {"held": held, "rss_kib_before": before, "rss_kib_peak": peak,
-            "kib_per_connection": (peak - before) / held if held else None, "errors": report["errors"]}
+    settled = sorted(settled)[len(settled) // 2] if settled else peak
+    return {"held": held, "rss_kib_before": before, "rss_kib_peak": peak, "rss_kib_settled": settled,
+            "kib_per_connection": (settled - before) / held if held else None,
+            "peak_kib_per_connection": (peak - before) / held if held else None, "errors": report["errors"]}
 
 
 def ratio(results, name, key):
@@ -338,21 +352,28 @@ def ratio(results, name, key):
 
 
 def print_table(results):
-    print("| scenario | server | ops/s | CPU s / 1000 ops | p50 µs | p99 µs | p99.9 µs | memory / conn |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| scenario | server | ops/s | CPU s / 1000 ops (user + sys) | p50 µs | p90 µs | p99 µs | p99.9 µs "
+          "| max µs | memory / conn (peak) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, outcome in results.items():
         for server, figures in outcome["servers"].items():
             latency = figures.get("latency_us", {})
             memory = figures.get("kib_per_connection")
             cpu = figures.get("cpu_seconds_per_1000")
+            split = (f" ({figures['user_seconds_per_1000']:.3f} + {figures['system_seconds_per_1000']:.3f})"
+                     if cpu is not None else "")
+            peak = figures.get("peak_kib_per_connection")
+            memory = "" if memory is None else f"{memory:.1f} KiB ({peak:.1f})"
             print(f"| {name} | {server} | {figures.get('ops_per_second', 0):,.0f} | "
-                  f"{'' if cpu is None else f'{cpu:.3f}'} | {latency.get('p50', '')} | {latency.get('p99', '')} | "
-                  f"{latency.get('p99.9', '')} | {'' if memory is None else f'{memory:.1f} KiB'} |")
+                  f"{'' if cpu is None else f'{cpu:.3f}'}{split} | "
+                  + " | ".join(str(latency.get(p, "")) for p in ["p50", "p90", "p99", "p99.9", "max"])
+                  + f" | {memory} |")
         if name == "idle":
-            print(f"| {name} | **srrrs-edge / HAProxy** | | | | | | {ratio(results, name, 'kib_per_connection')} |")
+            print(f"| {name} | **srrrs-edge / HAProxy** | | | | | | | | {ratio(results, name, 'kib_per_connection')} |")
         else:
             print(f"| {name} | **srrrs-edge / HAProxy** | {ratio(results, name, 'ops_per_second')} | "
-                  f"{ratio(results, name, 'cpu_seconds_per_1000')} | | | | |")
+                  f"{ratio(results, name, 'cpu_seconds_per_1000')} ({ratio(results, name, 'user_seconds_per_1000')}"
+                  f" + {ratio(results, name, 'system_seconds_per_1000')}) | | | | | | |")
 
 
 if __name__ == "__main__":

@@ -130,8 +130,9 @@ fn run(
     for warning in &settings.warnings {
         warn!("{warning}");
     }
+    let signals = runtime::ShutdownSignals::install();
     runtime::start(settings).map_err(|e| e.to_string())?;
-    let signal = runtime::wait_for_shutdown_signal();
+    let signal = signals.wait();
     info!(signal, "shutting down");
     Ok(())
 }
@@ -157,6 +158,7 @@ fn check(path: &Path) -> Result<(), String> {
 }
 
 fn demo(options: &DemoOptions) -> Result<(), String> {
+    let signals = runtime::ShutdownSignals::install();
     let demo = Demo::start(options)?;
     println!(
         "\nsrrrs-edge demo is running; files in {}",
@@ -164,7 +166,7 @@ fn demo(options: &DemoOptions) -> Result<(), String> {
     );
     println!("Try these, then press Ctrl-C to stop:\n");
     println!("{}", demo.instructions());
-    let signal = runtime::wait_for_shutdown_signal();
+    let signal = signals.wait();
     info!(signal, "stopping the demo and removing its files");
     drop(demo);
     Ok(())

@@ -395,22 +395,37 @@ fn log_startup(
     }
 }
 
-/// Blocks until SIGINT or SIGTERM arrives, and returns its name. SIGHUP meanwhile asks
-/// for a reload.
-pub fn wait_for_shutdown_signal() -> &'static str {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-        // Without signal handling the default action (exit) still applies.
-        loop {
-            thread::park();
+/// The signals the gateway answers: SIGINT and SIGTERM stop it, SIGHUP asks for a
+/// reload. Installed before anything starts, so that an early SIGHUP (a reload sent
+/// right after a start) never takes the default action of ending the process.
+pub struct ShutdownSignals(Option<signal_hook::iterator::Signals>);
+
+impl ShutdownSignals {
+    pub fn install() -> Self {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]);
+        if let Err(error) = &signals {
+            warn!(%error, "signal handlers could not be installed; SIGHUP will stop the process");
         }
-    };
-    for signal in signals.forever() {
-        match signal {
-            SIGHUP => crate::reload::request(),
-            SIGTERM => return "SIGTERM",
-            _ => return "SIGINT",
-        }
+        Self(signals.ok())
     }
-    "SIGINT"
+
+    /// Blocks until SIGINT or SIGTERM arrives, and returns its name. SIGHUP meanwhile
+    /// asks for a reload.
+    pub fn wait(self) -> &'static str {
+        let Some(mut signals) = self.0 else {
+            // Without signal handling the default action (exit) still applies.
+            loop {
+                thread::park();
+            }
+        };
+        for signal in signals.forever() {
+            match signal {
+                signal_hook::consts::SIGHUP => crate::reload::request(),
+                signal_hook::consts::SIGTERM => return "SIGTERM",
+                _ => return "SIGINT",
+            }
+        }
+        "SIGINT"
+    }
 }

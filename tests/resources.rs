@@ -14,7 +14,17 @@ fn fds_and_threads_return_to_baseline_after_many_connections(driver: Driver) {
     // The start-up probe's connection must be gone before the baseline is taken.
     let idle = || gateway.metric("srrrs_connections_open") == 0.0;
     assert!(eventually(Duration::from_secs(10), idle));
-    let (fds, threads) = (gateway.open_fds(), gateway.threads());
+    // An admin scrape's socket may still be closing: the baseline is a reading that
+    // holds still across two looks.
+    let reading = || (gateway.open_fds(), gateway.threads());
+    let mut baseline = reading();
+    assert!(eventually(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = reading();
+        std::mem::replace(&mut baseline, now) == now
+    }));
+    let (fds, threads) = baseline;
+    let before = gateway.holdings();
 
     let client = Client::new(&pki, Some(&pki.good));
     for _ in 0..1000 {
@@ -49,10 +59,11 @@ fn fds_and_threads_return_to_baseline_after_many_connections(driver: Driver) {
     });
     assert!(
         settled,
-        "fds {} -> {}, threads {} -> {}",
+        "fds {} -> {}, threads {} -> {}\nbefore: {before}\nafter: {}",
         fds,
         gateway.open_fds(),
         threads,
-        gateway.threads()
+        gateway.threads(),
+        gateway.holdings()
     );
 }

@@ -298,7 +298,11 @@ fn the_second_full_handshake_hits_the_chain_cache_and_a_crl_reload_invalidates_i
     let hits = lookups("hit");
     assert!(hits >= 1.0);
     assert_eq!(handshake_kind(&client, &gateway), Some(HandshakeKind::Full));
-    assert_eq!(lookups("miss"), 1.0, "the second handshake is served from the cache");
+    assert_eq!(
+        lookups("miss"),
+        1.0,
+        "the second handshake is served from the cache"
+    );
     assert!(lookups("hit") >= hits + 2.0);
 
     revoke(&pki, &gateway, &[]);

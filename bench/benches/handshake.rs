@@ -1,6 +1,7 @@
 //! The gateway's CPU per mTLS handshake, server side only: full with the verified-chain
 //! cache cold and warm, and resumed from a ticket. Client and server run in memory; only
-//! the time spent in the server's rustls calls is counted.
+//! the time spent in the server's rustls calls is counted. Also the client-chain check
+//! alone (path building, signatures, CRLs), cold and from the cache.
 //!
 //! Run with `cargo bench -p srrrs-edge-bench --bench handshake`.
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConnection};
 use srrrs_edge::config;
 use srrrs_edge::demo::pki::{Authority, CertRequest};
@@ -21,8 +22,8 @@ use srrrs_edge::tls::TlsPolicy;
 use time::Duration as Span;
 
 /// Writes a PKI (root, device CA, server, device, CRLs) to `dir`; returns the client
-/// configuration and the server root.
-fn pki(dir: &Path) -> Arc<ClientConfig> {
+/// configuration and the device's chain.
+fn pki(dir: &Path) -> (Arc<ClientConfig>, Vec<CertificateDer<'static>>) {
     let root = Authority::root("bench root");
     let device_ca = root.intermediate("bench device CA");
     let server = root.issue(&CertRequest::server(&["localhost"]));
@@ -46,10 +47,10 @@ fn pki(dir: &Path) -> Arc<ClientConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
+        .with_client_auth_cert(chain.clone(), key)
         .unwrap();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    (Arc::new(config), chain)
 }
 
 fn policy(dir: &Path, chain_cache: usize, resumption: bool) -> TlsPolicy {
@@ -116,7 +117,7 @@ fn handshake(client: &Arc<ClientConfig>, server: &TlsPolicy) -> Duration {
 
 fn handshakes(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let client = pki(dir.path());
+    let (client, chain) = pki(dir.path());
     let cold = policy(dir.path(), 0, false);
     let warm = policy(dir.path(), 1024, false);
     let resuming = policy(dir.path(), 1024, true);
@@ -135,6 +136,16 @@ fn handshakes(c: &mut Criterion) {
     group.bench_function("resumed", |b| {
         b.iter_custom(|iterations| (0..iterations).map(|_| handshake(&client, &resuming)).sum())
     });
+    group.finish();
+
+    let (leaf, intermediates) = chain.split_first().unwrap();
+    let mut group = c.benchmark_group("client_chain_check");
+    for (name, policy) in [("cold", &cold), ("cached", &warm)] {
+        let device = policy.device.as_ref().unwrap();
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(device.check(leaf, intermediates, UnixTime::now()).unwrap()))
+        });
+    }
     group.finish();
 }
 

@@ -52,8 +52,61 @@ pub fn write(dir: &Path, pool: usize) -> Result<(), String> {
         let tokens: Vec<String> = (0..pool).map(|index| token(idp, index)).collect();
         put(&format!("tokens-{name}.txt"), &tokens.join("\n"))?;
     }
+    put("edge-tls.yaml", &gateway_config("tls"))?;
+    put("edge-mtls.yaml", &gateway_config("mtls"))?;
+    put("backend-nginx.conf", &backend_config(dir))?;
     println!("fixtures written to {}", dir.display());
     Ok(())
+}
+
+/// A gateway on 127.0.0.1:8443 in `mode` (`tls` for wrk and h2load, which cannot send
+/// a client certificate), checking the fixture tokens, in front of 127.0.0.1:8080.
+fn gateway_config(mode: &str) -> String {
+    let crls = if mode == "tls" {
+        String::new()
+    } else {
+        ", client_ca_cert: ca.pem, require_crl_check: true, crl_files: [crl.pem]".to_owned()
+    };
+    format!(
+        "# Written by `edge-load fixtures`; paths are relative to this file.
+listen: [\"127.0.0.1:8443\"]
+ingress:
+  hostname: localhost
+  server_tls: {{cert_chain: server.pem, private_key: server.key}}
+  transport_security: {{mode: {mode}{crls}}}
+  application_auth:
+    type: jwt
+    issuer: \"{ISSUER}\"
+    audience: {AUDIENCE}
+    jwks_file: jwks.json
+    required_claims: {{department: engineering, clearance_level: high}}
+  upstream: {{backends: [\"127.0.0.1:8080\"]}}
+"
+    )
+}
+
+/// nginx answering 200 on 127.0.0.1:8080, its files kept in `dir`.
+fn backend_config(dir: &Path) -> String {
+    let dir = dir.display();
+    format!(
+        "# Written by `edge-load fixtures`: nginx -c {dir}/backend-nginx.conf
+daemon off;
+worker_processes 1;
+pid {dir}/backend-nginx.pid;
+error_log {dir}/backend-nginx.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/nginx-body;
+  proxy_temp_path {dir}/nginx-proxy;
+  fastcgi_temp_path {dir}/nginx-fastcgi;
+  uwsgi_temp_path {dir}/nginx-uwsgi;
+  scgi_temp_path {dir}/nginx-scgi;
+  keepalive_requests 10000000;
+  server {{ listen 127.0.0.1:8080; location / {{ return 200 \"ok\\n\"; }} }}
+}}
+"
+    )
 }
 
 /// A token valid for a day that satisfies the comparison's claim policy; `index` makes

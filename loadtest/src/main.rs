@@ -143,7 +143,10 @@ struct Plan {
     connections: usize,
     addr: SocketAddr,
     name: ServerName<'static>,
-    config: Arc<ClientConfig>,
+    /// The TLS configuration of each connection slot; in resumed mode every slot has its
+    /// own session store, so that a slot resumes its own last session, as a reconnecting
+    /// device does, rather than racing the others for shared tickets.
+    configs: Vec<Arc<ClientConfig>>,
     /// Every request to send, made up front: one per token, sent in turn.
     requests: Vec<Vec<u8>>,
     deadline: Instant,
@@ -270,7 +273,7 @@ fn plan(options: &RunOptions) -> Result<Plan, String> {
         connections: options.connections,
         addr,
         name,
-        config: client_config(options)?,
+        configs: client_configs(options)?,
         requests,
         deadline: started + options.duration,
         limit: options.requests,
@@ -284,7 +287,22 @@ fn plan(options: &RunOptions) -> Result<Plan, String> {
     })
 }
 
-fn client_config(options: &RunOptions) -> Result<Arc<ClientConfig>, String> {
+fn client_configs(options: &RunOptions) -> Result<Vec<Arc<ClientConfig>>, String> {
+    let base = client_config(options)?;
+    if options.mode != Mode::Resumed {
+        return Ok(vec![Arc::new(base)]);
+    }
+    let configs = (0..options.connections.max(1))
+        .map(|_| {
+            let mut config = base.clone();
+            config.resumption = Resumption::in_memory_sessions(4);
+            Arc::new(config)
+        })
+        .collect();
+    Ok(configs)
+}
+
+fn client_config(options: &RunOptions) -> Result<ClientConfig, String> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(&options.cacert).map_err(|e| e.to_string())? {
         roots
@@ -320,7 +338,7 @@ fn client_config(options: &RunOptions) -> Result<Arc<ClientConfig>, String> {
     if options.mode == Mode::Full {
         config.resumption = Resumption::disabled();
     }
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 fn spawn_progress(plan: Arc<Plan>) -> std::thread::JoinHandle<()> {
@@ -384,14 +402,19 @@ async fn drive(plan: Arc<Plan>, index: usize, tally: Shared) {
         return hold(&plan, &tally).await;
     }
     loop {
-        // When this request is due: latency counts from here, not from when it went out.
+        // When this request is due: latency counts from here, not from when it went out,
+        // so a server that holds requests up is charged for the wait. Only when the
+        // request was not yet due, and the timer (1 ms ticks) woke this task late, is
+        // the lateness the generator's own, and not counted.
         let intended = match plan.interval {
             Some(interval) => {
                 let now = Instant::now();
-                if due > now {
+                let intended = if due > now {
                     monoio::time::sleep(due - now).await;
-                }
-                let intended = due;
+                    Instant::now()
+                } else {
+                    due
+                };
                 due += interval;
                 intended
             }
@@ -408,7 +431,7 @@ async fn drive(plan: Arc<Plan>, index: usize, tally: Shared) {
         let request = &plan.requests[number as usize % plan.requests.len()];
         let attempt = monoio::time::timeout(
             plan.timeout,
-            one_request(&plan, open.take(), request, &tally),
+            one_request(&plan, index, open.take(), request, &tally),
         )
         .await;
         match attempt {
@@ -439,6 +462,7 @@ async fn drive(plan: Arc<Plan>, index: usize, tally: Shared) {
 
 async fn one_request(
     plan: &Plan,
+    slot: usize,
     open: Option<Connection>,
     request: &[u8],
     tally: &Shared,
@@ -446,7 +470,8 @@ async fn one_request(
     let mut connection = match open {
         Some(connection) => connection,
         None => {
-            let connection = Connection::open(plan.addr, &plan.config, &plan.name).await?;
+            let config = &plan.configs[slot % plan.configs.len()];
+            let connection = Connection::open(plan.addr, config, &plan.name).await?;
             tally.borrow_mut().handshake(connection.resumed);
             connection
         }
@@ -459,7 +484,7 @@ async fn one_request(
 async fn hold(plan: &Plan, tally: &Shared) {
     let opened = monoio::time::timeout(
         plan.timeout,
-        Connection::open(plan.addr, &plan.config, &plan.name),
+        Connection::open(plan.addr, &plan.configs[0], &plan.name),
     )
     .await;
     let connection = match opened {

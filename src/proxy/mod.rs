@@ -22,6 +22,7 @@ use tracing::{debug, debug_span, field, Instrument, Span};
 use crate::auth::cache::TokenCache;
 use crate::auth::{Authorizer, Verdict};
 use crate::config::LimitsConfig;
+use crate::http::head::RequestHead;
 use crate::http::GatewayResponse;
 use crate::ingress::Ingress;
 use crate::metrics::WorkerMetrics;
@@ -119,7 +120,9 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
 
 async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) {
     let _ = socket.set_nodelay(true);
-    let Some(session) = handshake(socket, worker).await else {
+    // Boxed, as is the relay below: the future of a connection that waits for its next
+    // request holds only what waiting needs, not the largest step's state.
+    let Some(session) = Box::pin(handshake(socket, worker)).await else {
         return;
     };
     let TlsSession {
@@ -127,7 +130,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         mut writer,
         facts,
     } = session;
-    let Ok(device) = device_of(&facts, worker) else {
+    let Ok(device) = device_of(facts, worker) else {
         return;
     };
     let client = Client {
@@ -138,7 +141,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
     };
     let Some(chain) = device.clone() else {
         serve_requests(&mut reader, &mut writer, &client).await;
-        send_pending_alert(&mut writer).await;
+        Box::pin(send_pending_alert(&mut writer)).await;
         return;
     };
     // A certificate revoked while its connection is open ends the connection.
@@ -148,7 +151,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         _ = registration.close.wait() => false,
     };
     if served {
-        send_pending_alert(&mut writer).await;
+        Box::pin(send_pending_alert(&mut writer)).await;
     }
 }
 
@@ -196,8 +199,8 @@ fn record_session(session: &TlsSession) {
 /// connection then closes before any request, since a session is past the point where a
 /// TLS alert could say why. (A ticket whose chain fails is declined before that, and the
 /// full handshake that follows gets the alert.)
-fn device_of(facts: &HandshakeFacts, worker: &Worker) -> Result<Option<Arc<VerifiedChain>>, ()> {
-    let (Some(chain), Some(device)) = (&facts.peer_chain, &worker.ingress.tls.device) else {
+fn device_of(facts: HandshakeFacts, worker: &Worker) -> Result<Option<Arc<VerifiedChain>>, ()> {
+    let (Some(chain), Some(device)) = (facts.peer_chain, &worker.ingress.tls.device) else {
         return Ok(None);
     };
     let Some((leaf, intermediates)) = chain.split_first() else {
@@ -221,17 +224,25 @@ fn device_of(facts: &HandshakeFacts, worker: &Worker) -> Result<Option<Arc<Verif
 /// The first request is read and checked before any backend is contacted; only an
 /// authorized request opens a backend connection, which then serves the rest.
 async fn serve_requests(reader: &mut TlsReader, writer: &mut TlsWriter, client: &Client<'_>) {
-    let worker = client.worker;
     let abort = Abort::new();
-    let mut input = Vec::with_capacity(16 * 1024);
-    let idle = worker.limits.idle_timeout;
+    // Grows with what arrives: an idle connection holds no request buffer.
+    let mut input = Vec::new();
+    let read = requests::read_head(reader, &mut input, client, abort.handle());
+    let head = monoio::time::timeout(client.worker.limits.idle_timeout, read).await;
+    // Boxed: a connection waiting for its first request holds only the wait's state.
+    Box::pin(serve_first(head, input, reader, writer, client)).await
+}
 
-    let head = match monoio::time::timeout(
-        idle,
-        requests::read_head(reader, &mut input, client, abort.handle()),
-    )
-    .await
-    {
+/// Answers the first request head (or its failure), then relays the connection.
+async fn serve_first(
+    head: Result<Result<Option<RequestHead>, HeadFailure>, monoio::time::error::Elapsed>,
+    input: Vec<u8>,
+    reader: &mut TlsReader,
+    writer: &mut TlsWriter,
+    client: &Client<'_>,
+) {
+    let worker = client.worker;
+    let head = match head {
         Ok(Ok(Some(head))) => head,
         Ok(Err(HeadFailure::Refused(error))) => {
             let response = GatewayResponse::for_http_error(&error);
@@ -253,6 +264,7 @@ async fn serve_requests(reader: &mut TlsReader, writer: &mut TlsWriter, client: 
         }
     };
 
+    let idle = worker.limits.idle_timeout;
     let exchange = Exchange::new();
     let both = async {
         monoio::join!(

@@ -26,6 +26,10 @@ use crate::socket;
 /// Size of each socket read.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The read buffer of a connection whose last read was small: an idle connection waits
+/// for its next request holding this much, not a whole TLS record's worth.
+const QUIET_READ: usize = 2 * 1024;
+
 /// A fatal `unrecognized_name` alert as a plaintext TLS record (RFC 8446 §6, RFC 6066 §3).
 const UNRECOGNIZED_NAME_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 
@@ -229,6 +233,25 @@ impl Handshake {
     }
 }
 
+/// The buffer for the next read of a connection that just read `read` bytes into
+/// `buffer`: a full buffer grows to a TLS record's size (more is likely on its way), a
+/// short read on a large buffer goes back to the small one. The contents are consumed
+/// before the next read, so they need not survive.
+fn resized_for_next_read(buffer: Vec<u8>, read: usize) -> Vec<u8> {
+    let capacity = buffer.capacity();
+    if read == capacity && capacity < READ_CHUNK {
+        let mut larger = Vec::with_capacity(READ_CHUNK);
+        larger.extend_from_slice(&buffer);
+        larger
+    } else if read < QUIET_READ && capacity > QUIET_READ {
+        let mut smaller = Vec::with_capacity(QUIET_READ);
+        smaller.extend_from_slice(&buffer);
+        smaller
+    } else {
+        buffer
+    }
+}
+
 /// Hands ciphertext to rustls and processes it.
 fn feed(conn: &mut ServerConnection, mut input: &[u8]) -> Result<(), rustls::Error> {
     while !input.is_empty() {
@@ -253,7 +276,7 @@ fn split(socket: TcpStream, conn: ServerConnection, facts: HandshakeFacts) -> Tl
         reader: TlsReader {
             socket: read_half,
             conn: shared.clone(),
-            input: Vec::with_capacity(READ_CHUNK),
+            input: Vec::with_capacity(QUIET_READ),
             consumed: 0,
         },
         writer: TlsWriter {
@@ -329,7 +352,9 @@ impl TlsReader {
         self.consumed = 0;
         let (result, buffer) = self.socket.cancelable_read(buffer, cancel.clone()).await;
         self.input = buffer;
-        if result? == 0 {
+        let read = result?;
+        self.input = resized_for_next_read(std::mem::take(&mut self.input), read);
+        if read == 0 {
             // Tell rustls the transport ended, so the reader reports how.
             let mut conn = self.conn.borrow_mut();
             conn.read_tls(&mut io::empty())?;

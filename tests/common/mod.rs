@@ -238,6 +238,8 @@ impl Gateway {
         gateway
     }
 
+    /// Waits for the start-up log line that comes once every worker runs (the listening
+    /// sockets accept into their backlog before that), and for both ports to answer.
     fn wait_until_accepting(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -248,7 +250,7 @@ impl Gateway {
             let admin_up = self
                 .admin
                 .is_none_or(|admin| TcpStream::connect(admin).is_ok());
-            if tls_up && admin_up {
+            if tls_up && admin_up && self.log_text().contains("workers started") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -300,6 +302,27 @@ impl Gateway {
         std::fs::read_dir(format!("/proc/{}/task", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0)
+    }
+
+    /// What the process holds: each fd's target and each thread's name, for failure
+    /// messages.
+    pub fn holdings(&self) -> String {
+        let pid = self.pid();
+        let list = |folder: String, describe: &dyn Fn(std::path::PathBuf) -> String| {
+            let mut items: Vec<String> = std::fs::read_dir(folder)
+                .map(|d| d.flatten().map(|e| describe(e.path())).collect())
+                .unwrap_or_default();
+            items.sort();
+            items.join(", ")
+        };
+        let fds = list(format!("/proc/{pid}/fd"), &|path| {
+            std::fs::read_link(&path).map_or_else(|_| "?".into(), |t| t.display().to_string())
+        });
+        let threads = list(format!("/proc/{pid}/task"), &|path| {
+            std::fs::read_to_string(path.join("comm"))
+                .map_or_else(|_| "?".into(), |c| c.trim().into())
+        });
+        format!("fds [{fds}]; threads [{threads}]")
     }
 }
 
