@@ -1,5 +1,6 @@
 //! The admin listener: plain HTTP on its own thread, off the workers, serving
-//! `/metrics` (Prometheus text format) and `/healthz`. One request per connection.
+//! `/metrics` (Prometheus text format), `/healthz` (the process answers) and `/readyz`
+//! (it should be sent traffic). One request per connection.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -9,20 +10,63 @@ use std::time::Duration;
 
 use tracing::debug;
 
+use crate::auth::key_store::KeyStore;
 use crate::metrics::Metrics;
+use crate::proxy::drain::DrainSwitch;
+use crate::tls::revocation::RevocationSources;
+
+/// What `/readyz` looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    /// The IdP's keys, when tokens are checked: ready once a key set is loaded.
+    pub keys: Option<Arc<KeyStore>>,
+    /// CRL sources, when a certificate without a known revocation status is refused:
+    /// ready once every CRL URL has a good copy.
+    pub required_crls: Option<Arc<RevocationSources>>,
+    /// Not ready once draining has started, so that load balancers move away.
+    pub drain: Arc<DrainSwitch>,
+}
+
+impl Readiness {
+    /// `Ok` when ready; otherwise every reason why not.
+    pub fn check(&self) -> Result<(), String> {
+        let mut missing = Vec::new();
+        if self.drain.is_turned() {
+            missing.push("draining".to_owned());
+        }
+        if let Some(keys) = &self.keys {
+            if keys.snapshot().loaded_at.is_none() {
+                missing.push("the IdP's keys (JWKS) are not loaded yet".to_owned());
+            }
+        }
+        if let Some(sources) = &self.required_crls {
+            for url in sources.urls_without_copy() {
+                missing.push(format!("no CRL fetched yet from {url}"));
+            }
+        }
+        match missing.is_empty() {
+            true => Ok(()),
+            false => Err(missing.join("; ")),
+        }
+    }
+}
 
 /// The most an admin request head may take.
 const MAX_HEAD: usize = 8 * 1024;
 
 /// Binds `addr` and serves admin requests on a thread of its own.
-pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<SocketAddr> {
+pub fn start(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     thread::Builder::new()
         .name("edge-admin".into())
         .spawn(move || {
             for stream in listener.incoming().flatten() {
-                if let Err(error) = answer(stream, &metrics) {
+                if let Err(error) = answer(stream, &metrics, &readiness) {
                     debug!(%error, "admin request failed");
                 }
             }
@@ -30,13 +74,21 @@ pub fn start(addr: SocketAddr, metrics: Arc<Metrics>) -> io::Result<SocketAddr> 
     Ok(bound)
 }
 
-fn answer(mut stream: TcpStream, metrics: &Arc<Metrics>) -> io::Result<()> {
+fn answer(mut stream: TcpStream, metrics: &Arc<Metrics>, readiness: &Readiness) -> io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     stream.set_write_timeout(Some(Duration::from_secs(2)))?;
     let path = read_request_path(&mut stream)?;
     let (status, content_type, body) = match path.as_deref() {
         Some("/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         Some("/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
+        Some("/readyz") => match readiness.check() {
+            Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
+            Err(why) => (
+                "503 Service Unavailable",
+                "text/plain",
+                format!("not ready: {why}\n"),
+            ),
+        },
         Some(_) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
         None => ("400 Bad Request", "text/plain", "bad request\n".to_owned()),
     };

@@ -130,10 +130,18 @@ fn run(
     for warning in &settings.warnings {
         warn!("{warning}");
     }
-    let signals = runtime::ShutdownSignals::install();
-    runtime::start(settings).map_err(|e| e.to_string())?;
+    let drain_timeout = settings.limits.drain_timeout;
+    let mut signals = runtime::ShutdownSignals::install();
+    let gateway = runtime::start(settings).map_err(|e| e.to_string())?;
     let signal = signals.wait();
-    info!(signal, "shutting down");
+    info!(
+        signal,
+        ?drain_timeout,
+        "draining: no new connections; requests in flight may finish (a second signal stops at once)"
+    );
+    if gateway.drain(|| signals.stop_arrived()) {
+        info!("drained; stopping");
+    }
     Ok(())
 }
 
@@ -158,7 +166,7 @@ fn check(path: &Path) -> Result<(), String> {
 }
 
 fn demo(options: &DemoOptions) -> Result<(), String> {
-    let signals = runtime::ShutdownSignals::install();
+    let mut signals = runtime::ShutdownSignals::install();
     let demo = Demo::start(options)?;
     println!(
         "\nsrrrs-edge demo is running; files in {}",

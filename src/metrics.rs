@@ -19,7 +19,28 @@ use crate::tls::HandshakeRefusal;
 const REFUSAL_KINDS: usize = HandshakeRefusal::ALL.len();
 
 /// The statuses the gateway answers with itself.
-const GATEWAY_STATUSES: [u16; 5] = [400, 401, 403, 431, 502];
+const GATEWAY_STATUSES: [u16; 6] = [400, 401, 403, 408, 431, 502];
+
+/// Why a connection was closed right after accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shed {
+    /// The worker holds `limits.max_connections_per_worker` already.
+    WorkerConnections,
+    /// The client's address holds `limits.max_connections_per_source` already.
+    SourceConnections,
+}
+
+impl Shed {
+    const ALL: [Self; 2] = [Self::WorkerConnections, Self::SourceConnections];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WorkerConnections => "worker_connections",
+            Self::SourceConnections => "source_connections",
+        }
+    }
+}
 
 /// Token refusal reasons, as labelled.
 const AUTH_REASONS: [&str; 4] = [
@@ -35,6 +56,7 @@ const AUTH_REASONS: [&str; 4] = [
 pub struct WorkerMetrics {
     connections_accepted: AtomicU64,
     connections_open: AtomicI64,
+    handshakes_in_progress: AtomicI64,
     /// Completed handshakes by [version (1.2, 1.3)][kind (full, resumed)].
     handshakes: [[AtomicU64; 2]; 2],
     live_revoked: AtomicU64,
@@ -43,6 +65,7 @@ pub struct WorkerMetrics {
     gateway_responses: [AtomicU64; GATEWAY_STATUSES.len()],
     requests_forwarded: AtomicU64,
     auth_refusals: [AtomicU64; AUTH_REASONS.len()],
+    shed: [AtomicU64; Shed::ALL.len()],
 }
 
 impl WorkerMetrics {
@@ -52,9 +75,24 @@ impl WorkerMetrics {
         self.connections_open.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A connection was closed right after accept because a limit was reached.
+    pub fn connection_shed(&self, reason: Shed) {
+        bump(&self.shed[reason as usize]);
+    }
+
     /// A connection was closed.
     pub fn connection_closed(&self) {
         self.connections_open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A handshake began.
+    pub fn handshake_started(&self) {
+        self.handshakes_in_progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handshake ended, however it ended.
+    pub fn handshake_ended(&self) {
+        self.handshakes_in_progress.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// A handshake completed with the given TLS version.
@@ -238,6 +276,11 @@ impl Metrics {
         out
     }
 
+    /// Connections open now, over all workers.
+    pub fn connections_open(&self) -> u64 {
+        self.sum(|w| w.connections_open.load(Ordering::Relaxed).max(0) as u64)
+    }
+
     fn sum(&self, field: impl Fn(&WorkerMetrics) -> u64) -> u64 {
         let workers = self
             .workers
@@ -267,7 +310,7 @@ impl Collector for Metrics {
             ConstCounter::new(value).encode(metric)?;
         }
 
-        let open = self.sum(|w| w.connections_open.load(Ordering::Relaxed).max(0) as u64);
+        let open = self.connections_open();
         let metric = encoder.encode_descriptor(
             "connections_open",
             "Connections currently open",
@@ -275,6 +318,16 @@ impl Collector for Metrics {
             MetricType::Gauge,
         )?;
         ConstGauge::new(open as i64).encode(metric)?;
+
+        let handshaking =
+            self.sum(|w| w.handshakes_in_progress.load(Ordering::Relaxed).max(0) as u64);
+        let metric = encoder.encode_descriptor(
+            "handshakes_in_progress",
+            "TLS handshakes in progress",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(handshaking as i64).encode(metric)?;
 
         let mut handshakes = encoder.encode_descriptor(
             "tls_handshakes",
@@ -325,6 +378,17 @@ impl Collector for Metrics {
         for (index, reason) in AUTH_REASONS.iter().enumerate() {
             let value = self.sum(|w| read(&w.auth_refusals[index]));
             ConstCounter::new(value).encode(refusals.encode_family(&[("reason", *reason)])?)?;
+        }
+
+        let mut shed = encoder.encode_descriptor(
+            "connections_shed",
+            "Connections closed right after accept because a limit was reached, by limit",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in Shed::ALL {
+            let value = self.sum(|w| read(&w.shed[reason as usize]));
+            ConstCounter::new(value).encode(shed.encode_family(&[("limit", reason.label())])?)?;
         }
 
         let forwarded = self.sum(|w| read(&w.requests_forwarded));

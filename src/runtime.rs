@@ -14,11 +14,17 @@ use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, Runtime, RuntimeBuilder};
 use tracing::{info, warn};
 
+use crate::admin::Readiness;
 use crate::config::{self, ConfigError, IoDriverChoice, LimitsConfig, LoadedConfig};
 use crate::ingress::Ingress;
 use crate::metrics::{Metrics, TlsCounters};
+use crate::proxy::admission::SourceCounts;
+use crate::proxy::drain::DrainSwitch;
 use crate::proxy::{self, Worker};
 use crate::{admin, socket};
+
+/// How often a drain looks at the open connections.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// Pause after a failed accept (out of fds, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -151,6 +157,30 @@ pub struct RunningGateway {
     pub io_driver: IoDriver,
     /// Live counters.
     pub metrics: Arc<Metrics>,
+    drain: Arc<DrainSwitch>,
+    drain_timeout: Duration,
+}
+
+impl RunningGateway {
+    /// Drains: every worker stops accepting and closes its connections that wait for a
+    /// request; requests in flight finish. Returns once no connection is open, when
+    /// `drain_timeout` has passed, or when `interrupted` says so (a second signal),
+    /// whichever comes first; `true` when every connection finished.
+    pub fn drain(&self, mut interrupted: impl FnMut() -> bool) -> bool {
+        self.drain.turn();
+        let deadline = std::time::Instant::now() + self.drain_timeout;
+        loop {
+            let open = self.metrics.connections_open();
+            if open == 0 {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline || interrupted() {
+                warn!(open, "drain ended with connections still open");
+                return false;
+            }
+            thread::sleep(DRAIN_POLL);
+        }
+    }
 }
 
 /// Binds every listener, starts every worker, and returns once all are serving.
@@ -162,11 +192,15 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         device: settings.ingress.tls.device.clone(),
         tickets: settings.ingress.tls.tickets.clone(),
     });
+    let drain = Arc::new(DrainSwitch::default());
     let admin = match settings.admin {
-        Some(addr) => Some(
-            admin::start(addr, metrics.clone())
-                .map_err(|error| StartError::Bind { addr, error })?,
-        ),
+        Some(addr) => {
+            let readiness = readiness(&settings.ingress, &drain);
+            Some(
+                admin::start(addr, metrics.clone(), readiness)
+                    .map_err(|error| StartError::Bind { addr, error })?,
+            )
+        }
         None => None,
     };
 
@@ -178,6 +212,7 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     crate::reload::spawn(&settings.ingress.tls)
         .map_err(|error| StartError::Runtime(error.to_string()))?;
     let ingress = Arc::new(settings.ingress);
+    let sources = SourceCounts::new(settings.limits.max_connections_per_source);
     let cpus = if settings.pin_workers {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
@@ -191,6 +226,8 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
             driver: settings.io_driver,
             worker: (ingress.clone(), settings.limits.clone(), metrics.clone()),
+            sources: sources.clone(),
+            drain: drain.clone(),
         };
         let report = report.clone();
         thread::Builder::new()
@@ -208,7 +245,22 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         admin,
         io_driver,
         metrics,
+        drain,
+        drain_timeout: settings.limits.drain_timeout,
     })
+}
+
+fn readiness(ingress: &Ingress, drain: &Arc<DrainSwitch>) -> Readiness {
+    let crls_required = ingress
+        .tls
+        .device
+        .as_ref()
+        .is_some_and(|device| device.requires_known_revocation());
+    Readiness {
+        keys: ingress.auth.as_ref().map(|auth| auth.keys().clone()),
+        required_crls: ingress.tls.revocation.clone().filter(|_| crls_required),
+        drain: drain.clone(),
+    }
 }
 
 fn worker_count(configured: usize) -> usize {
@@ -250,6 +302,8 @@ struct WorkerPlan {
     cpu: Option<core_affinity::CoreId>,
     driver: IoDriverChoice,
     worker: (Arc<Ingress>, LimitsConfig, Arc<Metrics>),
+    sources: Option<Arc<SourceCounts>>,
+    drain: Arc<DrainSwitch>,
 }
 
 type DriverReport = Result<IoDriver, String>;
@@ -282,8 +336,9 @@ fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
         ingress,
         limits,
         metrics.register_worker(),
+        plan.sources,
     ));
-    let serve = serve_listeners(plan.listeners, worker);
+    let serve = serve_listeners(plan.listeners, worker, plan.drain);
     match runtime {
         WorkerRuntime::IoUring(mut runtime) => {
             let _ = report.send(Ok(IoDriver::IoUring));
@@ -340,7 +395,12 @@ fn collect_drivers(
     Ok(first)
 }
 
-async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>) {
+/// Serves until the gateway drains and this worker's last connection has ended.
+async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>, drain: Arc<DrainSwitch>) {
+    {
+        let worker = worker.clone();
+        monoio::spawn(async move { worker.draining.follow(drain).await });
+    }
     if let Some(device) = worker.ingress.tls.device.clone() {
         let live = worker.live.clone();
         monoio::spawn(crate::proxy::live::watch(
@@ -359,13 +419,27 @@ async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>) {
     for handle in loops {
         handle.await;
     }
+    // Draining: the connections still open finish their requests.
+    while worker.open_connections() > 0 {
+        monoio::time::sleep(DRAIN_POLL).await;
+    }
 }
 
+/// Accepts until the worker drains; then the listener closes, and new connections to
+/// this worker's socket are refused. While the worker has no room for another
+/// handshake, it does not accept: new connections wait in the kernel's backlog.
 async fn accept_loop(listener: monoio::net::TcpListener, worker: Rc<Worker>) {
     loop {
-        match listener.accept().await {
+        if !worker.handshake_room().await {
+            return;
+        }
+        let accepted = monoio::select! {
+            accepted = listener.accept() => accepted,
+            _ = worker.draining.wait() => return,
+        };
+        match accepted {
             Ok((socket, peer)) => {
-                monoio::spawn(proxy::serve(socket, peer, worker.clone()));
+                proxy::take(socket, peer, &worker);
             }
             Err(error) => {
                 warn!(%error, "accept failed");
@@ -395,8 +469,8 @@ fn log_startup(
     }
 }
 
-/// The signals the gateway answers: SIGINT and SIGTERM stop it, SIGHUP asks for a
-/// reload. Installed before anything starts, so that an early SIGHUP (a reload sent
+/// The signals the gateway answers: SIGINT and SIGTERM drain it (a second one stops it
+/// at once), SIGHUP asks for a reload. Installed before anything starts, so that an early SIGHUP (a reload sent
 /// right after a start) never takes the default action of ending the process.
 pub struct ShutdownSignals(Option<signal_hook::iterator::Signals>);
 
@@ -412,20 +486,40 @@ impl ShutdownSignals {
 
     /// Blocks until SIGINT or SIGTERM arrives, and returns its name. SIGHUP meanwhile
     /// asks for a reload.
-    pub fn wait(self) -> &'static str {
-        let Some(mut signals) = self.0 else {
+    pub fn wait(&mut self) -> &'static str {
+        let Some(signals) = self.0.as_mut() else {
             // Without signal handling the default action (exit) still applies.
             loop {
                 thread::park();
             }
         };
         for signal in signals.forever() {
-            match signal {
-                signal_hook::consts::SIGHUP => crate::reload::request(),
-                signal_hook::consts::SIGTERM => return "SIGTERM",
-                _ => return "SIGINT",
+            if let Some(name) = stop_signal(signal) {
+                return name;
             }
         }
         "SIGINT"
+    }
+
+    /// Whether SIGINT or SIGTERM arrived since the last look, without waiting.
+    pub fn stop_arrived(&mut self) -> bool {
+        let Some(signals) = self.0.as_mut() else {
+            return false;
+        };
+        signals
+            .pending()
+            .any(|signal| stop_signal(signal).is_some())
+    }
+}
+
+/// The name of a signal that stops the gateway; SIGHUP asks for a reload instead.
+fn stop_signal(signal: i32) -> Option<&'static str> {
+    match signal {
+        signal_hook::consts::SIGHUP => {
+            crate::reload::request();
+            None
+        }
+        signal_hook::consts::SIGTERM => Some("SIGTERM"),
+        _ => Some("SIGINT"),
     }
 }

@@ -166,6 +166,8 @@ fn run(options: RunOptions) -> Result<(), String> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     let threads = threads.clamp(1, options.connections.max(1));
+    // Each thread pinned to one of the CPUs this process may use (taskset's set).
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let progress = (!options.quiet).then(|| spawn_progress(plan.clone()));
 
     let handles: Vec<_> = (0..threads)
@@ -178,27 +180,40 @@ fn run(options: RunOptions) -> Result<(), String> {
                     options.connections / threads + usize::from(i < options.connections % threads)
                 })
                 .sum::<usize>();
-            std::thread::spawn(move || run_thread(plan, first, share))
+            let cpu = (!cpus.is_empty()).then(|| cpus[index % cpus.len()]);
+            std::thread::spawn(move || {
+                if let Some(cpu) = cpu {
+                    core_affinity::set_for_current(cpu);
+                }
+                run_thread(plan, first, share)
+            })
         })
         .collect();
     let mut tally = Tally::default();
     for handle in handles {
         tally.merge(handle.join().map_err(|_| "a load thread panicked")?);
     }
+    // The clock stops with the last load thread, not with the progress line's next tick.
+    let elapsed = plan
+        .started
+        .elapsed()
+        .min(options.duration.max(Duration::from_millis(1)) + options.timeout);
     plan.stop.store(true, Ordering::Release);
     if let Some(progress) = progress {
         let _ = progress.join();
     }
 
-    let elapsed = plan
-        .started
-        .elapsed()
-        .min(options.duration.max(Duration::from_millis(1)) + options.timeout);
     let report = Report::new(mode_name(plan.mode), &tally, elapsed);
-    print!("{}", report.text());
+    let json_to_stdout = options.json.as_deref() == Some(Path::new("-"));
+    // With the JSON on stdout, the text report goes to stderr, so that stdout parses.
+    if json_to_stdout {
+        eprint!("{}", report.text());
+    } else {
+        print!("{}", report.text());
+    }
     if let Some(path) = &options.json {
         let json = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
-        if path == Path::new("-") {
+        if json_to_stdout {
             println!("{json}");
         } else {
             std::fs::write(path, json).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -344,8 +359,13 @@ fn client_config(options: &RunOptions) -> Result<ClientConfig, String> {
 fn spawn_progress(plan: Arc<Plan>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last = 0;
+        let mut next_tick = Instant::now() + Duration::from_secs(1);
         while !plan.stop.load(Ordering::Acquire) {
-            std::thread::sleep(Duration::from_secs(1));
+            std::thread::sleep(Duration::from_millis(50));
+            if Instant::now() < next_tick {
+                continue;
+            }
+            next_tick += Duration::from_secs(1);
             let done = plan.completed.load(Ordering::Relaxed);
             let failed = plan.failed.load(Ordering::Relaxed);
             eprint!(

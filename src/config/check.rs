@@ -37,6 +37,8 @@ fn check_limits(config: &Config, problems: &mut Problems) {
     };
     positive("limits.handshake_timeout", limits.handshake_timeout);
     positive("limits.idle_timeout", limits.idle_timeout);
+    positive("limits.request_head_timeout", limits.request_head_timeout);
+    positive("limits.drain_timeout", limits.drain_timeout);
     positive(
         "ingress.upstream.connect_timeout",
         config.ingress.upstream.connect_timeout,
@@ -63,6 +65,20 @@ fn check_limits(config: &Config, problems: &mut Problems) {
     }
     if !(1..=10_000).contains(&limits.max_headers) {
         problems.push("limits.max_headers", "must be between 1 and 10000");
+    }
+    for (path, value) in [
+        (
+            "limits.max_connections_per_worker",
+            limits.max_connections_per_worker,
+        ),
+        (
+            "limits.max_handshakes_per_worker",
+            limits.max_handshakes_per_worker,
+        ),
+    ] {
+        if value == 0 {
+            problems.push(path, "must be at least 1");
+        }
     }
 }
 

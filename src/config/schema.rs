@@ -67,13 +67,20 @@ pub enum IoDriverChoice {
     Epoll,
 }
 
-/// Connection-level timeouts.
+/// Timeouts and caps that keep slow, silent or too many peers from taking a worker.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LimitsConfig {
     /// Time allowed from accept to a finished TLS handshake. Default `10s`.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
-    /// A connection on which neither side sends anything for this long is closed.
+    /// Time allowed for a whole request head to arrive: from the handshake for the
+    /// first request (and no longer than `idle_timeout`), from the head's first byte
+    /// for later ones. A client that takes longer (slowloris) gets 408 and the
+    /// connection closes. Default `10s`.
+    #[serde(default = "default_request_head_timeout", with = "humantime_serde")]
+    pub request_head_timeout: Duration,
+    /// A connection on which neither side sends anything for this long is closed; it
+    /// is also how long a kept-alive connection may wait for its next request.
     /// Default `60s`.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -84,17 +91,56 @@ pub struct LimitsConfig {
     /// The most header fields a request may have; more get 431. Default `100`.
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
+    /// The most open client connections per worker; beyond it a new connection is
+    /// accepted and closed at once, and counted. Default `25000`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections_per_worker: usize,
+    /// The most TLS handshakes in progress per worker; beyond it a new connection is
+    /// accepted and closed at once, and counted, so that a flood of handshakes cannot
+    /// starve the connections already admitted. Default `512`.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes_per_worker: usize,
+    /// The most open connections from one client address, over all workers; beyond it
+    /// new connections from that address are closed at once, and counted. Default `0`:
+    /// no cap (many devices can share one address behind NAT or a load balancer).
+    #[serde(default)]
+    pub max_connections_per_source: usize,
+    /// On SIGTERM or SIGINT: how long in-flight requests may take to finish once the
+    /// gateway stops accepting, before it exits anyway. Default `30s`.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             handshake_timeout: default_handshake_timeout(),
+            request_head_timeout: default_request_head_timeout(),
             idle_timeout: default_idle_timeout(),
             max_head_bytes: default_max_head_bytes(),
             max_headers: default_max_headers(),
+            max_connections_per_worker: default_max_connections(),
+            max_handshakes_per_worker: default_max_handshakes(),
+            max_connections_per_source: 0,
+            drain_timeout: default_drain_timeout(),
         }
     }
+}
+
+fn default_request_head_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_connections() -> usize {
+    25_000
+}
+
+fn default_max_handshakes() -> usize {
+    512
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 fn default_max_head_bytes() -> usize {

@@ -19,4 +19,6 @@ pub enum HttpError {
     TooManyHeaders,
     /// Malformed or ambiguous (400), with a reason safe to show the client.
     Malformed(&'static str),
+    /// The head did not arrive within `limits.request_head_timeout` (408).
+    HeadTimeout,
 }

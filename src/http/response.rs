@@ -34,7 +34,7 @@ impl GatewayResponse {
         Self::plain(502, "bad_gateway", description.into())
     }
 
-    /// 400 or 431 for a request the HTTP layer refused.
+    /// 400, 408 or 431 for a request the HTTP layer refused.
     pub fn for_http_error(error: &HttpError) -> Self {
         match error {
             HttpError::HeadTooLarge => Self::plain(
@@ -48,6 +48,11 @@ impl GatewayResponse {
                 "too many header fields".into(),
             ),
             HttpError::Malformed(reason) => Self::plain(400, "bad_request", (*reason).into()),
+            HttpError::HeadTimeout => Self::plain(
+                408,
+                "request_timeout",
+                "the request head did not arrive in time".into(),
+            ),
         }
     }
 
@@ -97,6 +102,7 @@ impl GatewayResponse {
             400 => "Bad Request",
             401 => "Unauthorized",
             403 => "Forbidden",
+            408 => "Request Timeout",
             431 => "Request Header Fields Too Large",
             502 => "Bad Gateway",
             503 => "Service Unavailable",

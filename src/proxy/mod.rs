@@ -4,6 +4,8 @@
 //! or in a submodule; what a step needs to know lives in `tls`, `http`, `auth` and
 //! `upstream`.
 
+pub mod admission;
+pub mod drain;
 pub mod exchange;
 pub mod live;
 pub mod requests;
@@ -31,6 +33,8 @@ use crate::tls::stream::{self, HandshakeFacts, TlsReader, TlsSession, TlsWriter}
 use crate::tls::HandshakeRefusal;
 use crate::upstream::pool::IdlePool;
 use crate::upstream::{BackendReader, BackendWriter};
+use admission::{Admitted, Caps, HandshakeSlot, SourceCounts, WorkerLoad};
+use drain::Draining;
 use exchange::{Abort, Exchange};
 use requests::{Client, HeadFailure};
 
@@ -52,6 +56,10 @@ pub struct Worker {
     pub live: Rc<live::LiveConnections>,
     /// Backend connections kept for reuse.
     pub idle_backends: Rc<IdlePool>,
+    /// Raised when the gateway drains.
+    pub draining: Draining,
+    load: Rc<WorkerLoad>,
+    caps: Caps,
     next_backend: std::cell::Cell<usize>,
     tokens: RefCell<TokenCache>,
 }
@@ -63,6 +71,7 @@ impl Worker {
         ingress: Arc<Ingress>,
         limits: LimitsConfig,
         metrics: Arc<WorkerMetrics>,
+        sources: Option<Arc<SourceCounts>>,
     ) -> Self {
         let tokens = ingress
             .auth
@@ -71,16 +80,41 @@ impl Worker {
         let upstream = &ingress.upstream;
         let idle_backends =
             IdlePool::new(upstream.keepalive_connections, upstream.keepalive_timeout);
+        let caps = Caps {
+            connections: limits.max_connections_per_worker,
+            handshakes: limits.max_handshakes_per_worker,
+            sources,
+        };
         Self {
             index,
             ingress,
             limits,
+            draining: Draining::default(),
+            load: Rc::default(),
+            caps,
             metrics,
             live: Rc::default(),
             idle_backends,
             next_backend: Default::default(),
             tokens: RefCell::new(tokens),
         }
+    }
+
+    /// This worker's open client connections.
+    pub fn open_connections(&self) -> usize {
+        self.load.connections()
+    }
+
+    /// Waits until this worker may start another handshake; `false` when it drains
+    /// meanwhile.
+    pub async fn handshake_room(&self) -> bool {
+        while !self.load.has_handshake_room(&self.caps) {
+            monoio::select! {
+                _ = self.load.handshake_ended.wait() => {},
+                _ = self.draining.wait() => return false,
+            }
+        }
+        !self.draining.is_raised()
     }
 
     fn backend_turn(&self) -> usize {
@@ -101,8 +135,36 @@ impl Worker {
     }
 }
 
-/// Serves one accepted connection to its end.
-pub async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
+/// Takes an accepted connection: closes it at once when it is over a cap, otherwise
+/// counts its handshake and serves it on a task of its own.
+pub fn take(socket: TcpStream, peer: SocketAddr, worker: &Rc<Worker>) {
+    let admitted = match worker.load.admit(peer.ip(), &worker.caps) {
+        Ok(admitted) => admitted,
+        Err(shed) => {
+            worker.metrics.connection_shed(shed);
+            debug!(worker = worker.index, client.addr = %peer, limit = shed.label(), "connection shed");
+            return;
+        }
+    };
+    // Counted before the task runs, so that the accept loop sees it at once.
+    let handshake_slot = worker.load.start_handshake();
+    monoio::spawn(serve(
+        socket,
+        peer,
+        worker.clone(),
+        admitted,
+        handshake_slot,
+    ));
+}
+
+/// Serves one admitted connection to its end.
+async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    worker: Rc<Worker>,
+    admitted: Admitted,
+    handshake_slot: HandshakeSlot,
+) {
     worker.metrics.connection_opened();
     let span = debug_span!(
         "connection",
@@ -112,17 +174,27 @@ pub async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>) {
         client.subject = field::Empty,
         client.sha256 = field::Empty,
     );
-    serve_connection(socket, peer, &worker)
+    serve_connection(socket, peer, &worker, handshake_slot)
         .instrument(span)
         .await;
     worker.metrics.connection_closed();
+    drop(admitted);
 }
 
-async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) {
+async fn serve_connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    worker: &Worker,
+    handshake_slot: HandshakeSlot,
+) {
     let _ = socket.set_nodelay(true);
     // Boxed, as is the relay below: the future of a connection that waits for its next
     // request holds only what waiting needs, not the largest step's state.
-    let Some(session) = Box::pin(handshake(socket, worker)).await else {
+    worker.metrics.handshake_started();
+    let session = Box::pin(handshake(socket, worker)).await;
+    worker.metrics.handshake_ended();
+    drop(handshake_slot);
+    let Some(session) = session else {
         return;
     };
     let TlsSession {
@@ -227,15 +299,19 @@ async fn serve_requests(reader: &mut TlsReader, writer: &mut TlsWriter, client: 
     let abort = Abort::new();
     // Grows with what arrives: an idle connection holds no request buffer.
     let mut input = Vec::new();
-    let read = requests::read_head(reader, &mut input, client, abort.handle());
-    let head = monoio::time::timeout(client.worker.limits.idle_timeout, read).await;
+    // The first head's time runs from the end of the handshake, and no longer than an
+    // idle connection may wait.
+    let limits = &client.worker.limits;
+    let deadline = Instant::now() + limits.request_head_timeout.min(limits.idle_timeout);
+    let head =
+        requests::read_head(reader, &mut input, client, abort.handle(), Some(deadline)).await;
     // Boxed: a connection waiting for its first request holds only the wait's state.
     Box::pin(serve_first(head, input, reader, writer, client)).await
 }
 
 /// Answers the first request head (or its failure), then relays the connection.
 async fn serve_first(
-    head: Result<Result<Option<RequestHead>, HeadFailure>, monoio::time::error::Elapsed>,
+    head: Result<Option<RequestHead>, HeadFailure>,
     input: Vec<u8>,
     reader: &mut TlsReader,
     writer: &mut TlsWriter,
@@ -243,12 +319,12 @@ async fn serve_first(
 ) {
     let worker = client.worker;
     let head = match head {
-        Ok(Ok(Some(head))) => head,
-        Ok(Err(HeadFailure::Refused(error))) => {
+        Ok(Some(head)) => head,
+        Err(HeadFailure::Refused(error)) => {
             let response = GatewayResponse::for_http_error(&error);
             return refuse(reader, writer, worker, &response, true).await;
         }
-        Ok(Ok(None) | Err(HeadFailure::Broken)) | Err(_) => return,
+        Ok(None) | Err(HeadFailure::Broken) => return,
     };
     let user = match requests::authorize(&head, client).await {
         Ok(user) => user,

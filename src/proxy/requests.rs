@@ -47,14 +47,21 @@ pub enum HeadFailure {
     Broken,
 }
 
-/// Reads the next request head, consuming it from `input`. `Ok(None)`: the client
-/// closed cleanly between requests.
+/// Reads the next request head, consuming it from `input`. `Ok(None)`: no request
+/// came, and none is owed an answer: the client closed cleanly between requests, the
+/// worker drains, or the first request's time ran out before any of it arrived.
+///
+/// The head must be whole by `deadline`, or, when that is `None`, within
+/// `limits.request_head_timeout` of its first byte; a late head gets 408. While no
+/// byte of a head has arrived, draining ends the wait.
 pub async fn read_head(
     reader: &mut TlsReader,
     input: &mut Vec<u8>,
     client: &Client<'_>,
     cancel: &CancelHandle,
+    mut deadline: Option<Instant>,
 ) -> Result<Option<RequestHead>, HeadFailure> {
+    let worker = client.worker;
     loop {
         if !input.is_empty() {
             match head::parse(input, client.ingress.head_limits) {
@@ -65,8 +72,40 @@ pub async fn read_head(
                 Ok(None) => {}
                 Err(error) => return Err(HeadFailure::Refused(error)),
             }
+            deadline.get_or_insert_with(|| Instant::now() + worker.limits.request_head_timeout);
         }
-        match reader.read(input, cancel).await {
+        let between_requests = input.is_empty();
+        if between_requests && worker.draining.is_raised() {
+            return Ok(None);
+        }
+        let late = async {
+            match deadline {
+                Some(deadline) => {
+                    monoio::time::sleep(deadline.saturating_duration_since(Instant::now())).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let drained = async {
+            match between_requests {
+                true => worker.draining.wait().await,
+                false => std::future::pending().await,
+            }
+        };
+        let woke = monoio::select! {
+            read = reader.read(input, cancel) => Woke::Read(read),
+            _ = late => Woke::Late,
+            _ = drained => return Ok(None),
+        };
+        let read = match woke {
+            Woke::Read(read) => read,
+            Woke::Late if between_requests => return Ok(None),
+            Woke::Late => {
+                debug!(received = input.len(), "request head timeout");
+                return Err(HeadFailure::Refused(HttpError::HeadTimeout));
+            }
+        };
+        match read {
             Ok(0) if input.is_empty() => return Ok(None),
             Ok(0) => return Err(HeadFailure::Broken),
             Ok(_) => {}
@@ -76,6 +115,11 @@ pub async fn read_head(
             }
         }
     }
+}
+
+enum Woke {
+    Read(std::io::Result<usize>),
+    Late,
 }
 
 /// Authorizes one request: `Ok(None)` when the ingress checks no token.
@@ -240,7 +284,7 @@ async fn next_request(
     client: &Client<'_>,
     exchange: &Exchange,
 ) -> Option<(RequestHead, Option<Rc<Authorized>>)> {
-    let head = match read_head(reader, input, client, exchange.cancel()).await {
+    let head = match read_head(reader, input, client, exchange.cancel(), None).await {
         Ok(Some(head)) => head,
         Ok(None) => {
             exchange.finish_requests(None);

@@ -93,6 +93,11 @@ impl DeviceVerifier {
         }))
     }
 
+    /// Whether a certificate whose revocation status is unknown is refused.
+    pub fn requires_known_revocation(&self) -> bool {
+        self.policy.require_crl_check
+    }
+
     /// Puts a new revocation set in force as a new epoch: every cached verdict must be
     /// earned again. Returns the new epoch.
     pub fn install_revocation(&self, revocation: &RevocationSet) -> Result<u64, String> {

@@ -221,6 +221,16 @@ impl RevocationSources {
         Ok(set)
     }
 
+    /// The CRL URLs that have no good copy yet.
+    pub fn urls_without_copy(&self) -> Vec<String> {
+        let fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        self.urls
+            .iter()
+            .filter(|url| !fetched.contains_key(*url))
+            .cloned()
+            .collect()
+    }
+
     /// The modification times of the files, to tell when one changes.
     pub fn file_stamps(&self) -> Vec<Option<SystemTime>> {
         self.files

@@ -1,0 +1,366 @@
+//! What an operator relies on in production, against the real binary: limits that keep
+//! slow or flooding clients from taking a worker, readiness, and a drain on SIGTERM
+//! that lets requests in flight finish.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+on_both_drivers!(
+    a_slowloris_client_gets_408_at_the_head_timeout_while_others_are_served,
+    sigterm_lets_a_slow_request_finish_closes_idle_connections_and_refuses_new_ones,
+    a_handshake_flood_beyond_the_cap_waits_while_admitted_clients_are_served,
+    connections_over_the_per_source_and_per_worker_caps_are_closed_and_counted,
+    readyz_waits_for_the_idps_keys_and_turns_unready_when_draining,
+);
+
+/// The test mTLS config with `limits` (a YAML flow mapping) added.
+fn config_with_limits(pki: &TestPki, port: u16, backends: &[String], limits: &str) -> String {
+    format!("{}limits: {limits}\n", pki.mtls_config(port, backends))
+}
+
+fn start(pki: &TestPki, backends: &[String], limits: &str, driver: Driver) -> Gateway {
+    let port = free_port();
+    let config = config_with_limits(pki, port, backends, limits);
+    Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver)
+}
+
+/// Reads one response with a `Content-Length` body from a kept-alive connection.
+fn read_one_response(stream: &mut TlsStream) -> String {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("response head");
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("response body");
+    head + &String::from_utf8_lossy(&body)
+}
+
+fn a_slowloris_client_gets_408_at_the_head_timeout_while_others_are_served(driver: Driver) {
+    let pki = TestPki::new();
+    let (backend, backend_addr) = echo_backend();
+    let gateway = start(&pki, &[backend_addr], "{request_head_timeout: 2s}", driver);
+    let client = Client::new(&pki, Some(&pki.good));
+
+    let slow = std::thread::spawn({
+        let (client, addr) = (client.clone(), gateway.addr);
+        move || {
+            let mut stream = client.connect(addr).expect("handshake");
+            stream
+                .sock
+                .set_read_timeout(Some(Duration::from_secs(1)))
+                .expect("timeout");
+            let started = Instant::now();
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            // One byte a second, looking for an answer in between.
+            for byte in b"GET /slow HTTP/1.1\r\nhost: localhost\r\nx-slow: 1\r\n\r\n" {
+                if stream
+                    .write_all(&[*byte])
+                    .and_then(|()| stream.flush())
+                    .is_err()
+                {
+                    break;
+                }
+                match stream.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(read) => {
+                        answer.extend_from_slice(&chunk[..read]);
+                        break;
+                    }
+                    Err(error)
+                        if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+            let answered_after = started.elapsed();
+            stream
+                .sock
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let _ = stream.read_to_end(&mut answer);
+            (
+                String::from_utf8_lossy(&answer).into_owned(),
+                answered_after,
+            )
+        }
+    });
+
+    // Meanwhile other clients are served.
+    for _ in 0..10 {
+        let response = client.get(gateway.addr, "/meanwhile").expect("served");
+        assert_eq!(status_of(&response), 200, "{response}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (answer, after) = slow.join().expect("slow client");
+    assert_eq!(status_of(&answer), 408, "{answer:?}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(
+        after >= Duration::from_millis(1500) && after < Duration::from_secs(6),
+        "answered after {after:?}"
+    );
+    assert!(backend.received().iter().all(|seen| seen.path != "/slow"));
+    assert_eq!(
+        gateway.metric("srrrs_gateway_responses_total{status=\"408\"}"),
+        1.0
+    );
+}
+
+/// A kept-alive backend that answers requests for `/slow…` paths after `delay` and
+/// others at once, counting the slow requests it has begun to answer.
+struct SlowBackend {
+    addr: String,
+    started: Arc<AtomicUsize>,
+}
+
+impl SlowBackend {
+    fn start(delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let started = Arc::new(AtomicUsize::new(0));
+        let counting = started.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counting = counting.clone();
+                std::thread::spawn(move || answer_slowly(stream, delay, &counting));
+            }
+        });
+        Self { addr, started }
+    }
+}
+
+fn answer_slowly(mut stream: TcpStream, delay: Duration, started: &AtomicUsize) {
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(read) => pending.extend_from_slice(&chunk[..read]),
+            }
+            continue;
+        };
+        let head: Vec<u8> = pending.drain(..end + 4).collect();
+        if head.starts_with(b"GET /slow") {
+            started.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(delay);
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ndone\n";
+        if stream.write_all(answer).is_err() {
+            return;
+        }
+    }
+}
+
+fn sigterm_lets_a_slow_request_finish_closes_idle_connections_and_refuses_new_ones(driver: Driver) {
+    let pki = TestPki::new();
+    let backend = SlowBackend::start(Duration::from_secs(3));
+    let mut gateway = start(
+        &pki,
+        std::slice::from_ref(&backend.addr),
+        "{drain_timeout: 30s}",
+        driver,
+    );
+    let client = Client::new(&pki, Some(&pki.good));
+
+    // A kept-alive connection, idle between requests.
+    let mut idle = client.connect(gateway.addr).expect("handshake");
+    send_request(&mut idle, "/first", &[]).expect("send");
+    let first = read_one_response(&mut idle);
+    assert_eq!(status_of(&first), 200, "{first}");
+
+    // SIGTERM arrives while a slow request waits for its response.
+    let in_flight = std::thread::spawn({
+        let (client, addr) = (client.clone(), gateway.addr);
+        move || client.get(addr, "/slow")
+    });
+    assert!(eventually(Duration::from_secs(5), || backend
+        .started
+        .load(Ordering::SeqCst)
+        == 1));
+    let terminated = Instant::now();
+    gateway.terminate();
+
+    // New connections are refused, and the idle one is closed, right away.
+    assert!(
+        eventually(Duration::from_secs(2), || TcpStream::connect(gateway.addr)
+            .is_err()),
+        "still accepting after SIGTERM"
+    );
+    idle.sock
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let closed = idle.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok() || closed.is_err_and(|e| e.kind() == ErrorKind::UnexpectedEof),
+        "the idle connection was not closed"
+    );
+    assert!(rest.is_empty());
+    assert!(terminated.elapsed() < Duration::from_secs(2));
+
+    // The request in flight finishes; then the gateway exits, long before the timeout.
+    let response = in_flight.join().expect("client").expect("response");
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(response.ends_with("done\n"), "{response}");
+    let status = gateway.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status}");
+    assert!(terminated.elapsed() < Duration::from_secs(10));
+    let log = gateway.log_text();
+    assert!(log.contains("draining"), "{log}");
+    assert!(log.contains("drained; stopping"), "{log}");
+}
+
+fn a_handshake_flood_beyond_the_cap_waits_while_admitted_clients_are_served(driver: Driver) {
+    let pki = TestPki::new();
+    let (_backend, backend_addr) = echo_backend();
+    let gateway = start(
+        &pki,
+        &[backend_addr],
+        "{max_handshakes_per_worker: 4, handshake_timeout: 5s}",
+        driver,
+    );
+    let client = Client::new(&pki, Some(&pki.good));
+    let mut admitted = client.connect(gateway.addr).expect("handshake");
+
+    // 300 connections that never send a ClientHello.
+    let flood: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(gateway.addr).expect("connect"))
+        .collect();
+    let mut most = 0.0f64;
+    for index in 0..20 {
+        send_request(&mut admitted, &format!("/during-{index}"), &[]).expect("send");
+        let response = read_one_response(&mut admitted);
+        assert_eq!(status_of(&response), 200, "{response}");
+        most = most.max(gateway.metric("srrrs_handshakes_in_progress"));
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    assert!(most > 0.0, "the flood never reached the handshake step");
+    assert!(
+        most <= 8.0,
+        "{most} handshakes at once with a cap of 4 per worker"
+    );
+
+    // Once the flood goes away, new clients get in.
+    drop(flood);
+    assert!(eventually(Duration::from_secs(10), || client
+        .get(gateway.addr, "/after")
+        .is_ok_and(|response| status_of(&response) == 200)));
+}
+
+fn connections_over_the_per_source_and_per_worker_caps_are_closed_and_counted(driver: Driver) {
+    let pki = TestPki::new();
+    let (_backend, backend_addr) = echo_backend();
+    let client = Client::new(&pki, Some(&pki.good));
+    let shed = |gateway: &Gateway, limit: &str| {
+        gateway.metric(&format!(
+            "srrrs_connections_shed_total{{limit=\"{limit}\"}}"
+        ))
+    };
+
+    for (limits, limit) in [
+        ("{max_connections_per_source: 3}", "source_connections"),
+        ("{max_connections_per_worker: 3}", "worker_connections"),
+    ] {
+        // One worker, so that the per-worker cap is the process's.
+        let port = free_port();
+        let config = config_with_limits(&pki, port, std::slice::from_ref(&backend_addr), limits)
+            .replace("workers: 2", "workers: 1");
+        let gateway =
+            Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
+        assert!(eventually(Duration::from_secs(5), || gateway
+            .metric("srrrs_connections_open")
+            == 0.0));
+        let mut held: Vec<TlsStream> = (0..3)
+            .map(|_| client.connect(gateway.addr).expect("within the cap"))
+            .collect();
+        let over = client.get(gateway.addr, "/over");
+        assert!(over.is_err(), "{limits}: {over:?}");
+        assert!(shed(&gateway, limit) >= 1.0, "{limits}");
+
+        // The held connections still work, and a closed one frees its place.
+        send_request(&mut held[0], "/held", &[]).expect("send");
+        assert_eq!(status_of(&read_one_response(&mut held[0])), 200);
+        held.pop();
+        assert!(
+            eventually(Duration::from_secs(5), || client
+                .get(gateway.addr, "/again")
+                .is_ok_and(|response| status_of(&response) == 200)),
+            "{limits}"
+        );
+    }
+}
+
+fn readyz_waits_for_the_idps_keys_and_turns_unready_when_draining(driver: Driver) {
+    let pki = TestPki::new();
+    let (_backend, backend_addr) = echo_backend();
+
+    // Tokens are checked, but the IdP's keys cannot be fetched: alive, not ready.
+    let port = free_port();
+    let dead_idp = format!("https://127.0.0.1:{}/jwks.json", free_port());
+    let auth = format!(
+        "  application_auth:
+    type: jwt
+    issuer: https://idp.test
+    audience: edge
+    jwks_uri: \"{dead_idp}\"
+    fetch_ca_file: server-root.pem
+  upstream:"
+    );
+    let config = pki
+        .mtls_config(port, std::slice::from_ref(&backend_addr))
+        .replace("  upstream:", &auth);
+    let waiting =
+        Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
+    let admin = waiting.admin.expect("admin");
+    assert!(http_get_plain(admin, "/healthz").starts_with("HTTP/1.1 200"));
+    let readyz = http_get_plain(admin, "/readyz");
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(readyz.contains("JWKS"), "{readyz}");
+    drop(waiting);
+
+    // Without tokens nothing is awaited; draining makes it unready.
+    let backend = SlowBackend::start(Duration::from_secs(2));
+    let gateway = start(
+        &pki,
+        std::slice::from_ref(&backend.addr),
+        "{drain_timeout: 10s}",
+        driver,
+    );
+    let admin = gateway.admin.expect("admin");
+    let readyz = http_get_plain(admin, "/readyz");
+    assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    let client = Client::new(&pki, Some(&pki.good));
+    let in_flight = std::thread::spawn({
+        let addr = gateway.addr;
+        move || client.get(addr, "/slow")
+    });
+    assert!(eventually(Duration::from_secs(5), || backend
+        .started
+        .load(Ordering::SeqCst)
+        == 1));
+    gateway.terminate();
+    assert!(eventually(Duration::from_secs(2), || {
+        let readyz = http_get_plain(admin, "/readyz");
+        readyz.starts_with("HTTP/1.1 503") && readyz.contains("draining")
+    }));
+    let response = in_flight.join().expect("client").expect("response");
+    assert_eq!(status_of(&response), 200, "{response}");
+}
