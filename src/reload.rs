@@ -1,5 +1,6 @@
-//! Reloading what changes while the gateway runs: CRLs (files when they change, URLs on
-//! their interval, everything on SIGHUP) and session ticket keys (the key file when it
+//! Reloading what changes while the gateway runs: the server certificate and key (when
+//! either file changes, and on SIGHUP), CRLs (files when they change, URLs on their
+//! interval, everything on SIGHUP) and session ticket keys (the key file when it
 //! changes, or the in-memory key when its rotation is due). New state goes into force
 //! for new handshakes at once and for live connections at the workers' next sweep; a
 //! source that fails to load keeps what is in force and says why.
@@ -15,6 +16,7 @@ use tracing::{info, warn};
 use crate::tls::client_auth::DeviceVerifier;
 use crate::tls::revocation::{RevocationSet, RevocationSources};
 use crate::tls::tickets::TicketKeyRing;
+use crate::tls::ServerCertificate;
 use crate::tls::{describe_time, unix_now, TlsPolicy};
 
 /// How often the watched files are looked at.
@@ -41,6 +43,7 @@ pub fn spawn(tls: &TlsPolicy) -> std::io::Result<()> {
         _ => None,
     };
     let mut tickets = tls.ticket_keys.clone().map(TicketReloader::new);
+    let mut certificate = CertificateReloader::new(tls.server_certificate.clone());
     thread::Builder::new()
         .name("edge-reload".into())
         .spawn(move || loop {
@@ -48,6 +51,7 @@ pub fn spawn(tls: &TlsPolicy) -> std::io::Result<()> {
             if asked {
                 info!("reload requested");
             }
+            certificate.tick(asked);
             if let Some(reloader) = revocation.as_mut() {
                 reloader.tick(asked);
             }
@@ -149,6 +153,38 @@ impl RevocationReloader {
                 }
             }
             self.warned.push(key);
+        }
+    }
+}
+
+struct CertificateReloader {
+    certificate: Arc<ServerCertificate>,
+    stamps: [Option<SystemTime>; 2],
+}
+
+impl CertificateReloader {
+    fn new(certificate: Arc<ServerCertificate>) -> Self {
+        let stamps = certificate.file_stamps();
+        Self {
+            certificate,
+            stamps,
+        }
+    }
+
+    /// Reloads when asked or when either file changed. A certificate and key replaced
+    /// one after the other fail to match in between; the pair in force stays until
+    /// both have changed.
+    fn tick(&mut self, asked: bool) {
+        let stamps = self.certificate.file_stamps();
+        if !asked && stamps == self.stamps {
+            return;
+        }
+        self.stamps = stamps;
+        match self.certificate.reload() {
+            Ok(()) => info!("server certificate reloaded; new handshakes present it"),
+            Err(error) => {
+                warn!(%error, "server certificate reload failed; the certificate in force stays")
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use srrrs_edge::demo::pki::CertRequest;
 
 on_both_drivers!(
     a_slowloris_client_gets_408_at_the_head_timeout_while_others_are_served,
@@ -18,6 +19,8 @@ on_both_drivers!(
     a_handshake_flood_beyond_the_cap_waits_while_admitted_clients_are_served,
     connections_over_the_per_source_and_per_worker_caps_are_closed_and_counted,
     readyz_waits_for_the_idps_keys_and_turns_unready_when_draining,
+    metrics_parse_as_prometheus_text_and_move_with_traffic,
+    a_new_server_certificate_goes_into_force_on_sighup_under_load_and_a_corrupt_one_does_not,
 );
 
 /// The test mTLS config with `limits` (a YAML flow mapping) added.
@@ -363,4 +366,168 @@ fn readyz_waits_for_the_idps_keys_and_turns_unready_when_draining(driver: Driver
     }));
     let response = in_flight.join().expect("client").expect("response");
     assert_eq!(status_of(&response), 200, "{response}");
+}
+
+fn metrics_parse_as_prometheus_text_and_move_with_traffic(driver: Driver) {
+    let pki = TestPki::new();
+    let (_backend, backend_addr) = echo_backend();
+    let gateway = start(&pki, &[backend_addr], "{}", driver);
+    let scrape = || {
+        let text = gateway.metrics();
+        let lines = text.lines().map(|line| Ok(line.to_owned()));
+        prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
+    };
+    let value = |scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .filter(|sample| sample.metric == name)
+            .filter(|sample| label.is_none_or(|(key, value)| sample.labels.get(key) == Some(value)))
+            .map(|sample| match sample.value {
+                prometheus_parse::Value::Counter(value)
+                | prometheus_parse::Value::Gauge(value)
+                | prometheus_parse::Value::Untyped(value) => value,
+                _ => f64::NAN,
+            })
+            .sum::<f64>()
+    };
+
+    let before = scrape();
+    assert!(
+        before.samples.len() > 20,
+        "{} samples",
+        before.samples.len()
+    );
+    // Every family has its HELP and TYPE.
+    for sample in &before.samples {
+        let family = sample
+            .metric
+            .strip_suffix("_total")
+            .unwrap_or(&sample.metric);
+        assert!(
+            before.docs.contains_key(family) || before.docs.contains_key(&sample.metric),
+            "no HELP for {}",
+            sample.metric
+        );
+    }
+
+    let client = Client::new(&pki, Some(&pki.good));
+    for _ in 0..5 {
+        let response = client.get(gateway.addr, "/counted").expect("admitted");
+        assert_eq!(status_of(&response), 200, "{response}");
+    }
+    let stranger = Client::new(&pki, None);
+    let _ = stranger.get(gateway.addr, "/refused");
+
+    let after = scrape();
+    let moved = |name: &str, label: Option<(&str, &str)>| {
+        value(&after, name, label) - value(&before, name, label)
+    };
+    assert_eq!(moved("srrrs_requests_forwarded_total", None), 5.0);
+    assert!(moved("srrrs_connections_accepted_total", None) >= 6.0);
+    assert!(moved("srrrs_tls_handshakes_total", None) >= 5.0);
+    assert_eq!(
+        moved(
+            "srrrs_tls_handshake_failures_total",
+            Some(("reason", "certificate_required"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&after, "srrrs_io_driver", Some(("driver", driver.flag()))),
+        1.0
+    );
+}
+
+/// The leaf certificate a fresh client (no session to resume) is shown.
+fn presented_leaf(pki: &TestPki, addr: std::net::SocketAddr) -> Vec<u8> {
+    let stream = Client::new(pki, Some(&pki.good))
+        .connect(addr)
+        .expect("handshake");
+    let chain = stream.conn.peer_certificates().expect("server chain");
+    chain[0].to_vec()
+}
+
+/// Replaces a file the way deployment tools do: write beside it, then rename.
+fn replace_file(pki: &TestPki, name: &str, contents: &str) {
+    let staged = pki.write(&format!("{name}.new"), contents);
+    std::fs::rename(staged, pki.path(name)).expect("rename");
+}
+
+fn a_new_server_certificate_goes_into_force_on_sighup_under_load_and_a_corrupt_one_does_not(
+    driver: Driver,
+) {
+    let pki = TestPki::new();
+    let (_backend, backend_addr) = echo_backend();
+    let gateway = start(&pki, &[backend_addr], "{}", driver);
+    let original = presented_leaf(&pki, gateway.addr);
+
+    // Continuous load: new connections (full and resumed handshakes) and requests.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, addr, stop) = (
+                Client::new(&pki, Some(&pki.good)),
+                gateway.addr,
+                stop.clone(),
+            );
+            std::thread::spawn(move || {
+                let (mut served, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::SeqCst) {
+                    match client.get(addr, "/during-reload") {
+                        Ok(response) if status_of(&response) == 200 => served += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                }
+                (served, failed)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let renewed = pki.server_root.issue(&CertRequest::server(&[
+        "localhost",
+        "127.0.0.1",
+        "renewed.test",
+    ]));
+    replace_file(&pki, "server.key", &renewed.key_pem);
+    replace_file(&pki, "server.pem", &renewed.chain_pem);
+    gateway.reload();
+    assert!(
+        eventually(Duration::from_secs(5), || presented_leaf(
+            &pki,
+            gateway.addr
+        ) == renewed.der.to_vec()),
+        "the renewed certificate was never presented"
+    );
+    assert_ne!(original, renewed.der.to_vec());
+
+    // A corrupt certificate file: the renewed pair stays in force.
+    let failures = || {
+        gateway
+            .log_text()
+            .matches("server certificate reload failed")
+            .count()
+    };
+    let failed_before = failures();
+    let corrupt = "-----BEGIN CERTIFICATE-----\nnot base64\n";
+    replace_file(&pki, "server.pem", corrupt);
+    gateway.reload();
+    assert!(eventually(Duration::from_secs(5), || failures() > failed_before));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(presented_leaf(&pki, gateway.addr), renewed.der.to_vec());
+
+    stop.store(true, Ordering::SeqCst);
+    for handle in load {
+        let (served, failed) = handle.join().expect("load thread");
+        assert!(
+            failed.is_empty(),
+            "{} failed requests: {:?}",
+            failed.len(),
+            &failed[..failed.len().min(3)]
+        );
+        assert!(served > 10, "only {served} requests served");
+    }
+    let log = gateway.log_text();
+    assert!(log.contains("server certificate reloaded"), "{log}");
 }

@@ -2,8 +2,11 @@
 //! certificate, the device verifier and the ticketer, plus the SNI rule applied before
 //! it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::CertificateDer;
 use rustls::server::danger::ClientCertVerifier;
@@ -27,6 +30,8 @@ pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 pub struct TlsPolicy {
     /// The rustls configuration: certificate, versions, client verifier, ticketer.
     pub server_config: Arc<ServerConfig>,
+    /// The server certificate in force, which a reload replaces.
+    pub server_certificate: Arc<ServerCertificate>,
     /// The ingress hostname, lowercase, compared with SNI.
     pub hostname: String,
     /// Refuse a missing or different SNI.
@@ -86,7 +91,7 @@ impl TlsPolicy {
         let ingress = &loaded.config.ingress;
         let provider = Arc::new(provider());
 
-        let key = server_key(loaded, &provider, problems);
+        let certificate = ServerCertificate::build(loaded, provider.clone(), problems);
         let trust = trust::client_roots(loaded, problems);
         let initial = trust::revocation_set(loaded, problems);
         if let Err(error) = initial.check_signatures(&trust.certificates) {
@@ -96,7 +101,7 @@ impl TlsPolicy {
         trust::warn_about_missing_crls(loaded, &trust.subjects, &initial, problems);
         let device = device_verifier(loaded, &trust, &initial, &provider, problems)?;
         let (tickets, ticket_keys) = resumption(loaded, &trust, device.as_ref(), problems)?;
-        let key = key?;
+        let certificate = Arc::new(certificate?);
 
         let verifier: Arc<dyn ClientCertVerifier> = match &device {
             Some(device) => device.clone(),
@@ -108,7 +113,7 @@ impl TlsPolicy {
             .map_err(|error| problems.push("ingress.server_tls.min_version", error.to_string()))
             .ok()?
             .with_client_cert_verifier(verifier)
-            .with_cert_resolver(Arc::new(SingleCertificate(Arc::new(key))));
+            .with_cert_resolver(certificate.clone());
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
         config.ignore_client_order = true;
         // Resumption is stateless: tickets, never a session cache, so that any worker
@@ -121,6 +126,7 @@ impl TlsPolicy {
 
         Some(Self {
             server_config: Arc::new(config),
+            server_certificate: certificate,
             hostname: ingress.hostname.to_ascii_lowercase(),
             strict_sni: ingress.strict_sni,
             client_ca_subjects: trust.subjects,
@@ -209,14 +215,107 @@ fn provider() -> CryptoProvider {
     provider
 }
 
-/// Serves the one certificate whatever the SNI; the SNI rule runs before rustls.
+/// The server's certificate and key, served whatever the SNI (the SNI rule runs before
+/// rustls), and replaced whole by a reload once the new pair has been checked.
 #[derive(Debug)]
-struct SingleCertificate(Arc<CertifiedKey>);
+pub struct ServerCertificate {
+    current: ArcSwap<CertifiedKey>,
+    chain: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ResolvesServerCert for SingleCertificate {
+impl ResolvesServerCert for ServerCertificate {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.clone())
+        Some(self.current.load_full())
     }
+}
+
+impl ServerCertificate {
+    fn build(
+        loaded: &LoadedConfig,
+        provider: Arc<CryptoProvider>,
+        problems: &mut Problems,
+    ) -> Option<Self> {
+        let tls = &loaded.config.ingress.server_tls;
+        let (chain, key) = (
+            loaded.resolve(&tls.cert_chain),
+            loaded.resolve(&tls.private_key),
+        );
+        match load_pair(&chain, &key, &provider) {
+            Ok(certified) => Some(Self {
+                current: ArcSwap::from_pointee(certified),
+                chain,
+                key,
+                provider,
+            }),
+            Err(errors) => {
+                for (field, error) in errors {
+                    problems.push(&format!("ingress.server_tls.{field}"), error);
+                }
+                None
+            }
+        }
+    }
+
+    /// Reads the certificate chain and key files again and, when they make a matching
+    /// pair, puts them in force for new handshakes. On any problem the pair in force
+    /// stays and the problem is returned.
+    pub fn reload(&self) -> Result<(), String> {
+        let certified = load_pair(&self.chain, &self.key, &self.provider).map_err(|errors| {
+            let described: Vec<String> = errors
+                .into_iter()
+                .map(|(field, error)| format!("{field}: {error}"))
+                .collect();
+            described.join("; ")
+        })?;
+        self.current.store(Arc::new(certified));
+        Ok(())
+    }
+
+    /// The modification times of the two files, to tell when one changes.
+    pub fn file_stamps(&self) -> [Option<SystemTime>; 2] {
+        [&self.chain, &self.key].map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+    }
+
+    /// The leaf certificate in force.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.current.load().cert.first().cloned()
+    }
+}
+
+/// Reads a certificate chain and its private key and checks that they belong
+/// together; every problem is named by its config field.
+fn load_pair(
+    chain: &std::path::Path,
+    key: &std::path::Path,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, Vec<(&'static str, String)>> {
+    let mut errors = Vec::new();
+    let chain = pem::certificates(chain)
+        .map_err(|error| errors.push(("cert_chain", error)))
+        .ok();
+    let key = pem::private_key(key)
+        .map_err(|error| errors.push(("private_key", error)))
+        .ok()
+        .and_then(|der| {
+            provider
+                .key_provider
+                .load_private_key(der)
+                .map_err(|error| {
+                    errors.push(("private_key", format!("unsupported private key: {error}")))
+                })
+                .ok()
+        });
+    let (Some(chain), Some(key)) = (chain, key) else {
+        return Err(errors);
+    };
+    let certified = CertifiedKey::new(chain, key);
+    if certified.keys_match().is_err() {
+        let message = "is not the key of the first certificate in cert_chain".to_owned();
+        return Err(vec![("private_key", message)]);
+    }
+    Ok(certified)
 }
 
 static TLS13_AND_TLS12: [&SupportedProtocolVersion; 2] =
@@ -228,36 +327,4 @@ fn protocol_versions(min: TlsVersion) -> &'static [&'static SupportedProtocolVer
         TlsVersion::Tls12 => &TLS13_AND_TLS12,
         TlsVersion::Tls13 => &TLS13_ONLY,
     }
-}
-
-fn server_key(
-    loaded: &LoadedConfig,
-    provider: &CryptoProvider,
-    problems: &mut Problems,
-) -> Option<CertifiedKey> {
-    let tls = &loaded.config.ingress.server_tls;
-    let chain = pem::certificates(&loaded.resolve(&tls.cert_chain))
-        .map_err(|error| problems.push("ingress.server_tls.cert_chain", error))
-        .ok();
-    let key = pem::private_key(&loaded.resolve(&tls.private_key))
-        .map_err(|error| problems.push("ingress.server_tls.private_key", error))
-        .ok()
-        .and_then(|der| {
-            provider
-                .key_provider
-                .load_private_key(der)
-                .map_err(|error| {
-                    let message = format!("unsupported private key: {error}");
-                    problems.push("ingress.server_tls.private_key", message)
-                })
-                .ok()
-        });
-
-    let certified = CertifiedKey::new(chain?, key?);
-    if certified.keys_match().is_err() {
-        let message = "is not the key of the first certificate in cert_chain";
-        problems.push("ingress.server_tls.private_key", message);
-        return None;
-    }
-    Some(certified)
 }
