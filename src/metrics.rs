@@ -11,6 +11,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::access_log::AccessLog;
 use crate::auth::AuthRefusal;
 use crate::tls::client_auth::DeviceVerifier;
 use crate::tls::tickets::Ticketer;
@@ -153,6 +154,7 @@ pub struct Metrics {
     workers: Mutex<Vec<Arc<WorkerMetrics>>>,
     io_driver: Mutex<String>,
     tls: Mutex<Option<TlsCounters>>,
+    access_log: Mutex<Option<Arc<AccessLog>>>,
 }
 
 /// The TLS state shared by all workers, read when scraped.
@@ -257,6 +259,14 @@ impl Metrics {
             ConstGauge::new(device.epoch() as i64).encode(metric)?;
         }
         Ok(())
+    }
+
+    /// Gives the exposition the access log, to count the lines it dropped.
+    pub fn set_access_log(&self, log: Arc<AccessLog>) {
+        *self
+            .access_log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(log);
     }
 
     /// Records which I/O driver the workers run on.
@@ -399,6 +409,21 @@ impl Collector for Metrics {
             MetricType::Counter,
         )?;
         ConstCounter::new(forwarded).encode(metric)?;
+
+        let access_log = self
+            .access_log
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(log) = access_log {
+            let metric = encoder.encode_descriptor(
+                "access_log_dropped_lines",
+                "Access log lines dropped because the writer fell behind",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(log.dropped()).encode(metric)?;
+        }
 
         let driver = self
             .io_driver

@@ -14,6 +14,7 @@ use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, Runtime, RuntimeBuilder};
 use tracing::{info, warn};
 
+use crate::access_log::AccessLog;
 use crate::admin::Readiness;
 use crate::config::{self, ConfigError, IoDriverChoice, LimitsConfig, LoadedConfig};
 use crate::ingress::Ingress;
@@ -44,6 +45,8 @@ pub struct Settings {
     pub limits: LimitsConfig,
     /// The admin listener's address.
     pub admin: Option<SocketAddr>,
+    /// The access log, when one is configured.
+    pub access_log: Option<config::AccessLogConfig>,
     /// The ingress served.
     pub ingress: Ingress,
     /// Settings that work but are probably not what was meant, as `file:line: field: why`.
@@ -95,6 +98,7 @@ impl Settings {
                 io_driver: config.runtime.io_driver,
                 limits: config.limits.clone(),
                 admin,
+                access_log: config.access_log.clone(),
                 ingress,
             }),
             _ => Err(problems.into_error()),
@@ -211,6 +215,15 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     }
     crate::reload::spawn(&settings.ingress.tls)
         .map_err(|error| StartError::Runtime(error.to_string()))?;
+    let access_log = match &settings.access_log {
+        Some(config) => Some(AccessLog::start(config).map_err(|error| {
+            StartError::Runtime(format!("access log {}: {error}", config.path))
+        })?),
+        None => None,
+    };
+    if let Some(log) = &access_log {
+        metrics.set_access_log(log.clone());
+    }
     let ingress = Arc::new(settings.ingress);
     let sources = SourceCounts::new(settings.limits.max_connections_per_source);
     let cpus = if settings.pin_workers {
@@ -227,6 +240,7 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             driver: settings.io_driver,
             worker: (ingress.clone(), settings.limits.clone(), metrics.clone()),
             sources: sources.clone(),
+            access_log: access_log.clone(),
             drain: drain.clone(),
         };
         let report = report.clone();
@@ -303,6 +317,7 @@ struct WorkerPlan {
     driver: IoDriverChoice,
     worker: (Arc<Ingress>, LimitsConfig, Arc<Metrics>),
     sources: Option<Arc<SourceCounts>>,
+    access_log: Option<Arc<AccessLog>>,
     drain: Arc<DrainSwitch>,
 }
 
@@ -337,6 +352,7 @@ fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
         limits,
         metrics.register_worker(),
         plan.sources,
+        plan.access_log,
     ));
     let serve = serve_listeners(plan.listeners, worker, plan.drain);
     match runtime {
@@ -517,6 +533,7 @@ fn stop_signal(signal: i32) -> Option<&'static str> {
     match signal {
         signal_hook::consts::SIGHUP => {
             crate::reload::request();
+            crate::access_log::request_reopen();
             None
         }
         signal_hook::consts::SIGTERM => Some("SIGTERM"),

@@ -8,8 +8,9 @@ use monoio::buf::IoBuf;
 use monoio::io::{CancelHandle, CancelableAsyncWriteRent};
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Listen backlog for every listener.
-const BACKLOG: i32 = 1024;
+/// Listen backlog asked for every listener; the kernel caps it at `net.core.somaxconn`.
+/// Connections wait there while a worker is at its handshake cap.
+const BACKLOG: i32 = 65535;
 
 /// Binds a non-blocking listener with `SO_REUSEPORT`, so that each worker can bind the
 /// same address and the kernel spreads connections across them. IPv6 sockets are

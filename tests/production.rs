@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use srrrs_edge::demo::pki::CertRequest;
+use srrrs_edge::demo::idp::DevIdp;
+use srrrs_edge::demo::pki::{CertRequest, KeyKind};
 
 on_both_drivers!(
     a_slowloris_client_gets_408_at_the_head_timeout_while_others_are_served,
@@ -21,6 +22,7 @@ on_both_drivers!(
     readyz_waits_for_the_idps_keys_and_turns_unready_when_draining,
     metrics_parse_as_prometheus_text_and_move_with_traffic,
     a_new_server_certificate_goes_into_force_on_sighup_under_load_and_a_corrupt_one_does_not,
+    the_access_log_has_a_line_per_request_and_per_refused_connection_and_never_a_token,
 );
 
 /// The test mTLS config with `limits` (a YAML flow mapping) added.
@@ -530,4 +532,100 @@ fn a_new_server_certificate_goes_into_force_on_sighup_under_load_and_a_corrupt_o
     }
     let log = gateway.log_text();
     assert!(log.contains("server certificate reloaded"), "{log}");
+}
+
+fn the_access_log_has_a_line_per_request_and_per_refused_connection_and_never_a_token(
+    driver: Driver,
+) {
+    let pki = TestPki::new();
+    let idp = DevIdp::new("https://idp.test", "k1", KeyKind::EcdsaP256);
+    pki.write("jwks.json", &idp.jwks());
+    let (_backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let log_path = pki.path("access.log");
+    let config = format!(
+        "{}access_log: {{path: \"{}\", format: json}}\n",
+        pki.mtls_config(port, &[backend_addr]).replace(
+            "  upstream:",
+            "  application_auth:
+    type: jwt
+    issuer: https://idp.test
+    audience: edge
+    jwks_file: jwks.json
+  upstream:"
+        ),
+        log_path.display()
+    );
+    let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
+    let token = idp.sign(&idp.claims("edge", "alice"));
+    let bearer = format!("Bearer {token}");
+    let client = Client::new(&pki, Some(&pki.good));
+
+    // Two requests on one connection, the second refused for its token.
+    let mut stream = client.connect(gateway.addr).expect("handshake");
+    send_request(
+        &mut stream,
+        "/hello?secret=1",
+        &[("authorization", bearer.as_str())],
+    )
+    .expect("send");
+    let first = read_one_response(&mut stream);
+    assert_eq!(status_of(&first), 200, "{first}");
+    send_request(&mut stream, "/no-token", &[]).expect("send");
+    let second = read_to_end(&mut stream).expect("refusal");
+    assert_eq!(status_of(&second), 401, "{second}");
+    // Bytes that make no request; a connection without a certificate.
+    let malformed = client
+        .exchange(gateway.addr, b"NOT A REQUEST\r\n\r\n")
+        .expect("answer");
+    assert_eq!(status_of(&malformed), 400, "{malformed}");
+    let _ = Client::new(&pki, None).get(gateway.addr, "/anonymous");
+
+    let lines = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        eventually(Duration::from_secs(5), || lines().lines().count() >= 4),
+        "{}",
+        lines()
+    );
+    let text = lines();
+    assert!(!text.contains(&token), "a token reached the access log");
+    assert!(
+        !text.contains("secret"),
+        "a query string reached the access log"
+    );
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    let find = |status: u64| {
+        records
+            .iter()
+            .find(|record| record["status"] == status)
+            .unwrap_or_else(|| panic!("no line with status {status}:\n{text}"))
+    };
+    let ok = find(200);
+    assert_eq!(ok["event"], "request");
+    assert_eq!(ok["method"], "GET");
+    assert_eq!(ok["path"], "/hello");
+    assert_eq!(ok["sub"], "alice");
+    assert_eq!(ok["iss"], "https://idp.test");
+    assert_eq!(ok["sni"], "localhost");
+    assert_eq!(ok["cert_sha256"].as_str().map(str::len), Some(64));
+    assert!(ok["cert_subject"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(ok["bytes_in"].as_u64().is_some_and(|b| b > 0));
+    assert!(ok["bytes_out"]
+        .as_u64()
+        .is_some_and(|b| b as usize >= first.len()));
+    assert!(ok["duration_ms"].as_f64().is_some());
+    assert!(ok["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+
+    let refused = find(401);
+    assert_eq!(refused["path"], "/no-token");
+    assert!(refused.get("sub").is_none());
+    assert_eq!(find(400)["method"], "-");
+    let anonymous = records
+        .iter()
+        .find(|record| record["event"] == "refused")
+        .unwrap_or_else(|| panic!("no refused connection:\n{text}"));
+    assert_eq!(anonymous["reason"], "certificate_required");
 }

@@ -22,11 +22,40 @@ pub struct Config {
     /// Timeouts that keep a slow or silent peer from holding a connection forever.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// The admin listener (`/metrics`, `/healthz`). Default: none.
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`). Default: none.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// One line per request and per refused connection. Default: none.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
     /// The one ingress this gateway serves.
     pub ingress: IngressConfig,
+}
+
+/// The access log.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AccessLogConfig {
+    /// Where lines go: `stdout`, `stderr`, or a file, appended to and reopened on
+    /// SIGHUP (for log rotation).
+    pub path: String,
+    /// `text` (`key=value` pairs after the time) or `json` (one object per line).
+    /// Default `text`.
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// Keep query strings in logged paths. Default `false`: they often carry secrets.
+    #[serde(default)]
+    pub include_query: bool,
+}
+
+/// How access log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// The time, then `key=value` pairs; values with spaces or quotes are quoted.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Worker threads and the I/O driver.

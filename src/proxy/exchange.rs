@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use monoio::io::{CancelHandle, Canceller};
 
+use crate::access_log::RequestEntry;
 use crate::http::GatewayResponse;
 
 /// Stops every pending socket operation started under its handle.
@@ -93,6 +94,11 @@ impl Signal {
 /// The state one connection's two directions share.
 pub struct Exchange {
     pending: RefCell<VecDeque<PendingRequest>>,
+    /// The access log's entries of the pending requests, in the same order (empty when
+    /// there is no access log).
+    entries: RefCell<VecDeque<RequestEntry>>,
+    /// The access log's entry of the request the final response answers.
+    final_entry: RefCell<Option<RequestEntry>>,
     final_response: RefCell<Option<(GatewayResponse, bool)>>,
     requests_done: Cell<bool>,
     refused: Cell<bool>,
@@ -111,6 +117,8 @@ impl Exchange {
     pub fn new() -> Self {
         Self {
             pending: RefCell::default(),
+            entries: RefCell::default(),
+            final_entry: RefCell::default(),
             final_response: RefCell::default(),
             requests_done: Cell::new(false),
             refused: Cell::new(false),
@@ -135,9 +143,47 @@ impl Exchange {
         self.wake.handle()
     }
 
-    /// Records a request about to be forwarded.
-    pub fn forwarded(&self, request: PendingRequest) {
+    /// Records a request about to be forwarded, with its access log entry.
+    pub fn forwarded(&self, request: PendingRequest, entry: Option<RequestEntry>) {
         self.pending.borrow_mut().push_back(request);
+        if let Some(entry) = entry {
+            self.entries.borrow_mut().push_back(entry);
+        }
+    }
+
+    /// Counts body bytes of the request forwarded last, if it is still pending.
+    pub fn add_bytes_in(&self, bytes: u64) {
+        if let Some(entry) = self.entries.borrow_mut().back_mut() {
+            entry.bytes_in += bytes;
+        }
+    }
+
+    /// The access log entry of the oldest pending request, taken when its response
+    /// ends (or is given up).
+    pub fn take_entry(&self) -> Option<RequestEntry> {
+        self.entries.borrow_mut().pop_front()
+    }
+
+    /// Sets the access log entry of the request the final response will answer.
+    pub fn set_final_entry(&self, entry: Option<RequestEntry>) {
+        *self.final_entry.borrow_mut() = entry;
+    }
+
+    /// The access log entry for the final response: the refused request's, or the
+    /// pending request's that broke off.
+    pub fn take_final_entry(&self) -> Option<RequestEntry> {
+        self.final_entry
+            .borrow_mut()
+            .take()
+            .or_else(|| self.take_entry())
+    }
+
+    /// The entries of requests that never got a response.
+    pub fn take_unanswered(&self) -> Vec<RequestEntry> {
+        let mut entries: Vec<RequestEntry> =
+            self.final_entry.borrow_mut().take().into_iter().collect();
+        entries.extend(self.entries.borrow_mut().drain(..));
+        entries
     }
 
     /// The oldest request still awaiting its response.

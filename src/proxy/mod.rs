@@ -21,6 +21,7 @@ use monoio::net::TcpStream;
 use rustls::pki_types::UnixTime;
 use tracing::{debug, debug_span, field, Instrument, Span};
 
+use crate::access_log::{AccessLog, RequestEntry};
 use crate::auth::cache::TokenCache;
 use crate::auth::{Authorizer, Verdict};
 use crate::config::LimitsConfig;
@@ -58,6 +59,8 @@ pub struct Worker {
     pub idle_backends: Rc<IdlePool>,
     /// Raised when the gateway drains.
     pub draining: Draining,
+    /// Where requests and refused connections are logged, if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
     load: Rc<WorkerLoad>,
     caps: Caps,
     next_backend: std::cell::Cell<usize>,
@@ -72,6 +75,7 @@ impl Worker {
         limits: LimitsConfig,
         metrics: Arc<WorkerMetrics>,
         sources: Option<Arc<SourceCounts>>,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Self {
         let tokens = ingress
             .auth
@@ -90,6 +94,7 @@ impl Worker {
             ingress,
             limits,
             draining: Draining::default(),
+            access_log,
             load: Rc::default(),
             caps,
             metrics,
@@ -143,6 +148,9 @@ pub fn take(socket: TcpStream, peer: SocketAddr, worker: &Rc<Worker>) {
         Err(shed) => {
             worker.metrics.connection_shed(shed);
             debug!(worker = worker.index, client.addr = %peer, limit = shed.label(), "connection shed");
+            if let Some(log) = &worker.access_log {
+                log.refused(peer, None, shed.label());
+            }
             return;
         }
     };
@@ -191,7 +199,7 @@ async fn serve_connection(
     // Boxed, as is the relay below: the future of a connection that waits for its next
     // request holds only what waiting needs, not the largest step's state.
     worker.metrics.handshake_started();
-    let session = Box::pin(handshake(socket, worker)).await;
+    let session = Box::pin(handshake(socket, peer, worker)).await;
     worker.metrics.handshake_ended();
     drop(handshake_slot);
     let Some(session) = session else {
@@ -200,15 +208,21 @@ async fn serve_connection(
     let TlsSession {
         mut reader,
         mut writer,
-        facts,
+        mut facts,
     } = session;
+    // Kept for the access log only: an idle connection holds nothing it does not need.
+    let sni = facts.sni.take().filter(|_| worker.access_log.is_some());
     let Ok(device) = device_of(facts, worker) else {
+        if let Some(log) = &worker.access_log {
+            log.refused(peer, sni.as_deref(), "certificate_no_longer_valid");
+        }
         return;
     };
     let client = Client {
         worker,
         ingress: &worker.ingress,
         peer,
+        sni: sni.as_deref(),
         device: device.as_deref().map(|chain| &chain.identity),
     };
     let Some(chain) = device.clone() else {
@@ -234,7 +248,7 @@ async fn send_pending_alert(writer: &mut TlsWriter) {
     let _ = monoio::time::timeout(Duration::from_secs(1), writer.flush(abort.handle())).await;
 }
 
-async fn handshake(socket: TcpStream, worker: &Worker) -> Option<TlsSession> {
+async fn handshake(socket: TcpStream, peer: SocketAddr, worker: &Worker) -> Option<TlsSession> {
     let limit = worker.limits.handshake_timeout;
     let outcome = monoio::time::timeout(limit, stream::accept(socket, &worker.ingress.tls)).await;
     let failure = match outcome {
@@ -250,10 +264,16 @@ async fn handshake(socket: TcpStream, worker: &Worker) -> Option<TlsSession> {
             reason: HandshakeRefusal::Timeout,
             detail: format!("no handshake within {limit:?}"),
             sni: None,
+            silent: false,
         },
     };
     worker.metrics.handshake_refused(failure.reason);
     debug!(reason = failure.reason.label(), detail = %failure.detail, sni = ?failure.sni, "handshake refused");
+    // A connection that closed without a byte (a TCP health check) is not logged.
+    let probe = failure.silent && failure.reason == HandshakeRefusal::PeerClosed;
+    if let (Some(log), false) = (&worker.access_log, probe) {
+        log.refused(peer, failure.sni.as_deref(), failure.reason.label());
+    }
     None
 }
 
@@ -318,25 +338,30 @@ async fn serve_first(
     client: &Client<'_>,
 ) {
     let worker = client.worker;
+    let received = Instant::now();
     let head = match head {
         Ok(Some(head)) => head,
         Err(HeadFailure::Refused(error)) => {
             let response = GatewayResponse::for_http_error(&error);
-            return refuse(reader, writer, worker, &response, true).await;
+            let entry = client.unparsed_entry(input.len());
+            return refuse(reader, writer, client, &response, true, entry).await;
         }
         Ok(None) | Err(HeadFailure::Broken) => return,
     };
+    let with_body = head.method() != "HEAD";
     let user = match requests::authorize(&head, client).await {
         Ok(user) => user,
         Err(response) => {
-            return refuse(reader, writer, worker, &response, head.method() != "HEAD").await
+            let entry = client.log_entry(&head, None, received);
+            return refuse(reader, writer, client, &response, with_body, entry).await;
         }
     };
+    let entry = client.log_entry(&head, user.as_deref(), received);
     let (backend, backend_reader, backend_writer) = match backend(worker).await {
         Some(connection) => connection,
         None => {
             let response = GatewayResponse::bad_gateway("no backend could be reached");
-            return refuse(reader, writer, worker, &response, head.method() != "HEAD").await;
+            return refuse(reader, writer, client, &response, with_body, entry).await;
         }
     };
 
@@ -347,12 +372,12 @@ async fn serve_first(
             requests::relay_requests(
                 reader,
                 backend_writer,
-                (head, user),
+                (head, user, entry),
                 input,
                 client,
                 &exchange
             ),
-            responses::relay_responses(backend_reader, writer, &exchange, worker),
+            responses::relay_responses(backend_reader, writer, &exchange, client),
         )
     };
     let ended = monoio::select! {
@@ -364,6 +389,11 @@ async fn serve_first(
         worker
             .idle_backends
             .put(backend, backend_reader, backend_writer);
+    }
+    // Requests that got no response (the client or the backend went away) are logged
+    // with status 0.
+    for entry in exchange.take_unanswered() {
+        client.log_request(Some(&entry), 0, 0);
     }
     if exchange.gave_final_response() {
         linger(reader).await;
@@ -391,20 +421,21 @@ async fn backend(worker: &Worker) -> Option<(usize, BackendReader, BackendWriter
     }
 }
 
-/// Answers the client without a backend, then closes.
+/// Answers the client without a backend, logs the request, then closes.
 async fn refuse(
     reader: &mut TlsReader,
     writer: &mut TlsWriter,
-    worker: &Worker,
+    client: &Client<'_>,
     response: &GatewayResponse,
     with_body: bool,
+    entry: Option<RequestEntry>,
 ) {
-    worker.metrics.gateway_response(response.status);
+    client.worker.metrics.gateway_response(response.status);
+    let bytes = response.to_bytes(with_body);
+    client.log_request(entry.as_ref(), response.status, bytes.len() as u64);
     let abort = Abort::new();
     let sent = async {
-        writer
-            .finish(&response.to_bytes(with_body), abort.handle())
-            .await?;
+        writer.finish(&bytes, abort.handle()).await?;
         // The end of the stream now, while what the client still sends is read below.
         writer.shutdown().await
     };

@@ -11,6 +11,7 @@ use tracing::debug;
 
 use super::exchange::{Exchange, PendingRequest};
 use super::Worker;
+use crate::access_log::{ConnectionFacts, RequestEntry};
 use crate::auth::{AuthRefusal, Authorized, Verdict, UNKNOWN_KID_WAIT};
 use crate::http::chunked::ChunkedBody;
 use crate::http::head::{self, BodyFraming, RequestHead};
@@ -35,8 +36,58 @@ pub struct Client<'a> {
     pub ingress: &'a Ingress,
     /// Its address.
     pub peer: SocketAddr,
+    /// The SNI it sent, kept only when there is an access log.
+    pub sni: Option<&'a str>,
     /// The verified device, when it presented a certificate.
     pub device: Option<&'a ClientIdentity>,
+}
+
+impl Client<'_> {
+    /// The access log's entry for a request, when there is an access log.
+    pub fn log_entry(
+        &self,
+        head: &RequestHead,
+        user: Option<&Authorized>,
+        received: Instant,
+    ) -> Option<RequestEntry> {
+        let log = self.worker.access_log.as_ref()?;
+        Some(RequestEntry {
+            method: head.method().to_owned(),
+            path: log.path_of(head.target()).to_owned(),
+            user: user.map(|user| (user.subject.clone(), user.issuer.clone())),
+            received,
+            authorization: received.elapsed(),
+            bytes_in: head.len() as u64,
+        })
+    }
+
+    /// The access log's entry for bytes that never made a request head.
+    pub fn unparsed_entry(&self, bytes: usize) -> Option<RequestEntry> {
+        self.worker.access_log.as_ref()?;
+        Some(RequestEntry {
+            method: "-".to_owned(),
+            path: "-".to_owned(),
+            user: None,
+            received: Instant::now(),
+            authorization: Duration::ZERO,
+            bytes_in: bytes as u64,
+        })
+    }
+
+    /// Logs a request the gateway answered itself, or whose response ended.
+    pub fn log_request(&self, entry: Option<&RequestEntry>, status: u16, bytes_out: u64) {
+        let (Some(log), Some(entry)) = (&self.worker.access_log, entry) else {
+            return;
+        };
+        let facts = ConnectionFacts {
+            client: self.peer,
+            sni: self.sni,
+            device: self
+                .device
+                .map(|device| (device.subject.as_str(), device.fingerprint.as_str())),
+        };
+        log.request(facts, entry, status, bytes_out);
+    }
 }
 
 /// Why no request head could be read.
@@ -204,7 +255,7 @@ pub fn identity_fields<'a>(
 pub async fn relay_requests(
     reader: &mut TlsReader,
     mut backend: BackendWriter,
-    first: (RequestHead, Option<Rc<Authorized>>),
+    first: Admitted,
     mut input: Vec<u8>,
     client: &Client<'_>,
     exchange: &Exchange,
@@ -213,7 +264,7 @@ pub async fn relay_requests(
     let mut next = Some(first);
     let mut scratch = Vec::with_capacity(4096);
     loop {
-        let (head, user) = match next.take() {
+        let (head, user, entry) = match next.take() {
             Some(request) => request,
             None => match next_request(reader, &mut input, client, exchange).await {
                 Some(request) => request,
@@ -227,11 +278,14 @@ pub async fn relay_requests(
             return None;
         }
 
-        exchange.forwarded(PendingRequest {
-            is_head: head.method() == "HEAD",
-            upgrade: head.websocket_upgrade,
-            close: head.close,
-        });
+        exchange.forwarded(
+            PendingRequest {
+                is_head: head.method() == "HEAD",
+                upgrade: head.websocket_upgrade,
+                close: head.close,
+            },
+            entry,
+        );
         let fields = identity_fields(client, user.as_deref());
         let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
         write_forwarded_head(
@@ -247,7 +301,7 @@ pub async fn relay_requests(
             return None;
         }
         match forward_body(reader, &mut backend, &mut input, head.framing, exchange).await {
-            Ok(()) => {}
+            Ok(bytes) => exchange.add_bytes_in(bytes),
             Err(BodyFailure::Framing(error)) => {
                 debug!(?error, "request body framing broke; closing");
                 exchange.poison(GatewayResponse::for_http_error(&error));
@@ -276,6 +330,10 @@ pub async fn relay_requests(
     }
 }
 
+/// A request that passed: its head, its user (when tokens are checked) and its access
+/// log entry (when there is an access log).
+pub type Admitted = (RequestHead, Option<Rc<Authorized>>, Option<RequestEntry>);
+
 /// Reads and checks the next request. `None` when there is none to forward: the
 /// exchange has been told why.
 async fn next_request(
@@ -283,7 +341,7 @@ async fn next_request(
     input: &mut Vec<u8>,
     client: &Client<'_>,
     exchange: &Exchange,
-) -> Option<(RequestHead, Option<Rc<Authorized>>)> {
+) -> Option<Admitted> {
     let head = match read_head(reader, input, client, exchange.cancel(), None).await {
         Ok(Some(head)) => head,
         Ok(None) => {
@@ -291,6 +349,7 @@ async fn next_request(
             return None;
         }
         Err(HeadFailure::Refused(error)) => {
+            exchange.set_final_entry(client.unparsed_entry(input.len()));
             exchange.finish_requests(Some((GatewayResponse::for_http_error(&error), true)));
             return None;
         }
@@ -300,9 +359,14 @@ async fn next_request(
         }
     };
     exchange.touch();
+    let received = Instant::now();
     match authorize(&head, client).await {
-        Ok(user) => Some((head, user)),
+        Ok(user) => {
+            let entry = client.log_entry(&head, user.as_deref(), received);
+            Some((head, user, entry))
+        }
         Err(response) => {
+            exchange.set_final_entry(client.log_entry(&head, None, received));
             exchange.finish_requests(Some((response, head.method() != "HEAD")));
             None
         }
@@ -315,17 +379,19 @@ enum BodyFailure {
 }
 
 /// Forwards one body: exactly `Content-Length` bytes, or chunks up to the last one.
+/// Returns how many bytes it forwarded.
 async fn forward_body(
     reader: &mut TlsReader,
     backend: &mut BackendWriter,
     input: &mut Vec<u8>,
     framing: BodyFraming,
     exchange: &Exchange,
-) -> Result<(), BodyFailure> {
+) -> Result<u64, BodyFailure> {
     let cancel = exchange.cancel();
     let mut chunked = ChunkedBody::request();
+    let mut forwarded = 0u64;
     let mut remaining = match framing {
-        BodyFraming::Empty => return Ok(()),
+        BodyFraming::Empty => return Ok(0),
         BodyFraming::Length(length) => length,
         BodyFraming::Chunked => u64::MAX,
     };
@@ -338,6 +404,7 @@ async fn forward_body(
         };
         if take > 0 {
             remaining = remaining.saturating_sub(take as u64);
+            forwarded += take as u64;
             send_prefix(backend, input, take, cancel)
                 .await
                 .map_err(|_| BodyFailure::Broken)?;
@@ -347,7 +414,7 @@ async fn forward_body(
             _ => remaining == 0,
         };
         if finished {
-            return Ok(());
+            return Ok(forwarded);
         }
         match reader.read(input, cancel).await {
             Ok(0) | Err(_) => return Err(BodyFailure::Broken),

@@ -5,7 +5,7 @@
 use tracing::debug;
 
 use super::exchange::Exchange;
-use super::Worker;
+use super::requests::Client;
 use crate::http::backend_response::{Boundary, ResponseTracker};
 use crate::http::GatewayResponse;
 use crate::tls::stream::TlsWriter;
@@ -36,18 +36,20 @@ pub async fn relay_responses(
     mut backend: BackendReader,
     client: &mut TlsWriter,
     exchange: &Exchange,
-    worker: &Worker,
+    requester: &Client<'_>,
 ) -> Option<BackendReader> {
+    let worker = requester.worker;
     let mut state = Relay {
         tracker: ResponseTracker::default(),
         tunnel: false,
         backend_closes: false,
+        response_bytes: 0,
     };
     let mut input = Vec::with_capacity(READ_CHUNK);
     let mut out = Vec::with_capacity(READ_CHUNK);
     loop {
         if exchange.response_side_done() && !state.tunnel {
-            let clean = finish(client, exchange, &state.tracker, worker).await;
+            let clean = finish(client, exchange, &state.tracker, requester).await;
             return (clean && state.reusable()).then_some(backend);
         }
         input.clear();
@@ -61,7 +63,7 @@ pub async fn relay_responses(
             Ok(read) => {
                 exchange.touch();
                 out.clear();
-                let after = pass_on(&input[..read], &mut state, &mut out, exchange);
+                let after = pass_on(&input[..read], &mut state, &mut out, exchange, requester);
                 let sent = match after {
                     // The last response and the end of the session go out together.
                     After::Finish | After::Close => client.finish(&out, exchange.cancel()).await,
@@ -95,9 +97,10 @@ pub async fn relay_responses(
             After::BadGateway(reason) => {
                 let response = GatewayResponse::bad_gateway(reason);
                 worker.metrics.gateway_response(response.status);
-                let _ = client
-                    .finish(&response.to_bytes(true), exchange.cancel())
-                    .await;
+                let bytes = response.to_bytes(true);
+                let entry = exchange.take_entry();
+                requester.log_request(entry.as_ref(), response.status, bytes.len() as u64);
+                let _ = client.finish(&bytes, exchange.cancel()).await;
                 exchange.abort();
                 return None;
             }
@@ -110,6 +113,8 @@ struct Relay {
     tracker: ResponseTracker,
     tunnel: bool,
     backend_closes: bool,
+    /// Bytes of the current response passed on so far, for the access log.
+    response_bytes: u64,
 }
 
 impl Relay {
@@ -120,7 +125,13 @@ impl Relay {
 }
 
 /// Splits a batch of backend bytes at response boundaries and acts on each.
-fn pass_on(mut input: &[u8], state: &mut Relay, out: &mut Vec<u8>, exchange: &Exchange) -> After {
+fn pass_on(
+    mut input: &[u8],
+    state: &mut Relay,
+    out: &mut Vec<u8>,
+    exchange: &Exchange,
+    client: &Client<'_>,
+) -> After {
     let tracker = &mut state.tracker;
     while !input.is_empty() {
         if state.tunnel {
@@ -134,6 +145,7 @@ fn pass_on(mut input: &[u8], state: &mut Relay, out: &mut Vec<u8>, exchange: &Ex
         // Where this response began in `out`, while none of it has been passed on.
         let untouched = tracker.at_response_start().then_some(out.len());
 
+        let before = out.len();
         let (used, boundary) = match tracker.advance(input, front.is_head, out) {
             Ok(step) => step,
             Err(error) => {
@@ -142,11 +154,15 @@ fn pass_on(mut input: &[u8], state: &mut Relay, out: &mut Vec<u8>, exchange: &Ex
             }
         };
         input = &input[used..];
+        state.response_bytes += (out.len() - before) as u64;
         match boundary {
             None | Some(Boundary::Interim) => {}
             Some(Boundary::FinalHead { .. }) if front.upgrade => exchange.decide_upgrade(false),
             Some(Boundary::FinalHead { .. }) => {}
-            Some(Boundary::Complete { close, .. }) => {
+            Some(Boundary::Complete { status, close }) => {
+                let entry = exchange.take_entry();
+                client.log_request(entry.as_ref(), status, state.response_bytes);
+                state.response_bytes = 0;
                 exchange.answered();
                 if front.upgrade {
                     exchange.decide_upgrade(false);
@@ -161,6 +177,9 @@ fn pass_on(mut input: &[u8], state: &mut Relay, out: &mut Vec<u8>, exchange: &Ex
                 }
             }
             Some(Boundary::Switched) if front.upgrade => {
+                let entry = exchange.take_entry();
+                client.log_request(entry.as_ref(), 101, state.response_bytes);
+                state.response_bytes = 0;
                 exchange.answered();
                 exchange.decide_upgrade(true);
                 state.tunnel = true;
@@ -211,8 +230,9 @@ async fn finish(
     client: &mut TlsWriter,
     exchange: &Exchange,
     tracker: &ResponseTracker,
-    worker: &Worker,
+    requester: &Client<'_>,
 ) -> bool {
+    let worker = requester.worker;
     let ended_cleanly = !exchange.is_poisoned() && !exchange.is_aborted();
     let clean = !exchange.is_poisoned() || tracker.at_response_start();
     let mut last = Vec::new();
@@ -220,6 +240,8 @@ async fn finish(
         if clean && !exchange.is_aborted() {
             worker.metrics.gateway_response(response.status);
             last = response.to_bytes(with_body);
+            let entry = exchange.take_final_entry();
+            requester.log_request(entry.as_ref(), response.status, last.len() as u64);
         }
     }
     if !exchange.is_aborted() {

@@ -57,6 +57,8 @@ pub struct HandshakeFailure {
     pub detail: String,
     /// The SNI, when the ClientHello got that far.
     pub sni: Option<String>,
+    /// The client sent no byte at all (a TCP health check, say).
+    pub silent: bool,
 }
 
 /// An established TLS session, split into its two directions.
@@ -78,6 +80,7 @@ pub async fn accept(socket: TcpStream, policy: &TlsPolicy) -> Result<TlsSession,
         sni: None,
         notes: Rc::default(),
         leftover: Vec::new(),
+        received: false,
     };
     let accepted = handshake.read_client_hello().await?;
     handshake
@@ -104,6 +107,7 @@ struct Handshake {
     sni: Option<String>,
     notes: Rc<HandshakeNotes>,
     leftover: Vec<u8>,
+    received: bool,
 }
 
 impl Handshake {
@@ -150,6 +154,7 @@ impl Handshake {
             reason: HandshakeRefusal::UnrecognizedName,
             detail: format!("SNI {:?} is not {}", self.sni, policy.hostname),
             sni: self.sni.clone(),
+            silent: false,
         })
     }
 
@@ -194,12 +199,14 @@ impl Handshake {
         let (result, buffer) = self.socket.read(buffer).await;
         self.input = buffer;
         match result {
-            Ok(0) => Err(HandshakeFailure {
-                reason: HandshakeRefusal::PeerClosed,
-                detail: "connection closed during the handshake".to_owned(),
-                sni: self.sni.clone(),
-            }),
-            Ok(_) => Ok(()),
+            Ok(0) => Err(self.failure(
+                HandshakeRefusal::PeerClosed,
+                "connection closed during the handshake",
+            )),
+            Ok(_) => {
+                self.received = true;
+                Ok(())
+            }
             Err(error) => Err(self.io_failure(error)),
         }
     }
@@ -225,6 +232,7 @@ impl Handshake {
             reason,
             detail: error.to_string(),
             sni: self.sni.clone(),
+            silent: !self.received,
         }
     }
 
