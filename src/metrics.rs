@@ -16,6 +16,7 @@ use crate::auth::AuthRefusal;
 use crate::tls::client_auth::DeviceVerifier;
 use crate::tls::tickets::Ticketer;
 use crate::tls::HandshakeRefusal;
+use crate::upstream::health::BackendHealth;
 
 const REFUSAL_KINDS: usize = HandshakeRefusal::ALL.len();
 
@@ -155,7 +156,11 @@ pub struct Metrics {
     io_driver: Mutex<String>,
     tls: Mutex<Option<TlsCounters>>,
     access_log: Mutex<Option<Arc<AccessLog>>>,
+    backends: Mutex<Option<Backends>>,
 }
+
+/// The backends' names and shared health, read when scraped.
+type Backends = (Vec<String>, Arc<[BackendHealth]>);
 
 /// The TLS state shared by all workers, read when scraped.
 #[derive(Debug, Clone)]
@@ -267,6 +272,46 @@ impl Metrics {
             .access_log
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(log);
+    }
+
+    /// Gives the exposition the backends' health.
+    pub fn set_backends(&self, names: Vec<String>, health: Arc<[BackendHealth]>) {
+        *self
+            .backends
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((names, health));
+    }
+
+    fn encode_backends(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let backends = self
+            .backends
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        let Some((names, health)) = backends else {
+            return Ok(());
+        };
+        let mut up = encoder.encode_descriptor(
+            "backend_up",
+            "1 when a backend gets new connections: its health checks pass and it is not ejected",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (name, state) in names.iter().zip(health.iter()) {
+            let value = i64::from(state.is_available());
+            ConstGauge::new(value).encode(up.encode_family(&[("backend", name.as_str())])?)?;
+        }
+        let mut ejections = encoder.encode_descriptor(
+            "backend_ejections",
+            "Times a backend was ejected after consecutive connect failures",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, state) in names.iter().zip(health.iter()) {
+            ConstCounter::new(state.ejections())
+                .encode(ejections.encode_family(&[("backend", name.as_str())])?)?;
+        }
+        Ok(())
     }
 
     /// Records which I/O driver the workers run on.
@@ -409,6 +454,8 @@ impl Collector for Metrics {
             MetricType::Counter,
         )?;
         ConstCounter::new(forwarded).encode(metric)?;
+
+        self.encode_backends(&mut encoder)?;
 
         let access_log = self
             .access_log

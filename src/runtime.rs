@@ -224,6 +224,12 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     if let Some(log) = &access_log {
         metrics.set_access_log(log.clone());
     }
+    let upstream = &settings.ingress.upstream;
+    let names = upstream.backends().iter().map(|b| b.name.clone()).collect();
+    metrics.set_backends(names, upstream.shared_health());
+    upstream
+        .start_checks()
+        .map_err(|error| StartError::Runtime(error.to_string()))?;
     let ingress = Arc::new(settings.ingress);
     let sources = SourceCounts::new(settings.limits.max_connections_per_source);
     let cpus = if settings.pin_workers {

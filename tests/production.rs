@@ -23,6 +23,9 @@ on_both_drivers!(
     metrics_parse_as_prometheus_text_and_move_with_traffic,
     a_new_server_certificate_goes_into_force_on_sighup_under_load_and_a_corrupt_one_does_not,
     the_access_log_has_a_line_per_request_and_per_refused_connection_and_never_a_token,
+    a_killed_backend_fails_its_checks_and_traffic_moves_to_the_healthy_one,
+    without_checks_a_dead_backend_is_ejected_after_consecutive_connect_failures,
+    least_connections_sends_new_requests_past_a_busy_backend,
 );
 
 /// The test mTLS config with `limits` (a YAML flow mapping) added.
@@ -133,6 +136,7 @@ fn a_slowloris_client_gets_408_at_the_head_timeout_while_others_are_served(drive
 struct SlowBackend {
     addr: String,
     started: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
 }
 
 impl SlowBackend {
@@ -140,18 +144,28 @@ impl SlowBackend {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let started = Arc::new(AtomicUsize::new(0));
-        let counting = started.clone();
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counts = (started.clone(), answered.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let counting = counting.clone();
-                std::thread::spawn(move || answer_slowly(stream, delay, &counting));
+                let counts = counts.clone();
+                std::thread::spawn(move || answer_slowly(stream, delay, &counts.0, &counts.1));
             }
         });
-        Self { addr, started }
+        Self {
+            addr,
+            started,
+            answered,
+        }
     }
 }
 
-fn answer_slowly(mut stream: TcpStream, delay: Duration, started: &AtomicUsize) {
+fn answer_slowly(
+    mut stream: TcpStream,
+    delay: Duration,
+    started: &AtomicUsize,
+    answered: &AtomicUsize,
+) {
     let mut pending = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -171,6 +185,7 @@ fn answer_slowly(mut stream: TcpStream, delay: Duration, started: &AtomicUsize) 
         if stream.write_all(answer).is_err() {
             return;
         }
+        answered.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -628,4 +643,134 @@ fn the_access_log_has_a_line_per_request_and_per_refused_connection_and_never_a_
         .find(|record| record["event"] == "refused")
         .unwrap_or_else(|| panic!("no refused connection:\n{text}"));
     assert_eq!(anonymous["reason"], "certificate_required");
+}
+
+/// The gateway's config with these `ingress.upstream` settings added (YAML lines
+/// indented by four spaces).
+fn with_upstream(pki: &TestPki, port: u16, backends: &[String], upstream: &str) -> String {
+    pki.mtls_config(port, backends)
+        .replace("  upstream:\n", &format!("  upstream:\n{upstream}"))
+}
+
+/// Requests an nginx backend has logged, leaving out the gateway's health checks.
+fn served_by(nginx: &Nginx) -> usize {
+    std::fs::read_to_string(nginx.root.join("access.log")).map_or(0, |log| {
+        log.lines()
+            .filter(|line| !line.contains("srrrs-edge-health-check"))
+            .count()
+    })
+}
+
+fn connect_failures(gateway: &Gateway) -> usize {
+    gateway.log_text().matches("backend connect failed").count()
+}
+
+fn a_killed_backend_fails_its_checks_and_traffic_moves_to_the_healthy_one(driver: Driver) {
+    let pki = TestPki::new();
+    let (doomed, healthy) = (Nginx::start(pki.dir.path()), Nginx::start(pki.dir.path()));
+    let names = [doomed.addr.to_string(), healthy.addr.to_string()];
+    let upstream = "    keepalive_connections: 0
+    health_check: {interval: 200ms, timeout: 500ms, http_path: /}
+    ejection: {consecutive_failures: 0}
+";
+    let port = free_port();
+    let config = with_upstream(&pki, port, &names, upstream);
+    let gateway =
+        Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
+    let client = Client::new(&pki, Some(&pki.good));
+    let up = |name: &str| gateway.metric(&format!("srrrs_backend_up{{backend=\"{name}\"}}"));
+    assert_eq!((up(&names[0]), up(&names[1])), (1.0, 1.0));
+    for _ in 0..10 {
+        assert_eq!(
+            status_of(&client.get(gateway.addr, "/").expect("served")),
+            200
+        );
+    }
+    assert!(
+        served_by(&doomed) > 0,
+        "round robin never reached the first backend"
+    );
+
+    drop(doomed);
+    assert!(
+        eventually(Duration::from_secs(5), || up(&names[0]) == 0.0),
+        "the dead backend was never marked down"
+    );
+    assert_eq!(up(&names[1]), 1.0);
+    let (before, failures) = (served_by(&healthy), connect_failures(&gateway));
+    for _ in 0..20 {
+        let response = client.get(gateway.addr, "/after").expect("served");
+        assert_eq!(status_of(&response), 200, "{response}");
+    }
+    assert_eq!(served_by(&healthy) - before, 20);
+    assert_eq!(
+        connect_failures(&gateway),
+        failures,
+        "a backend marked down was still tried"
+    );
+}
+
+fn without_checks_a_dead_backend_is_ejected_after_consecutive_connect_failures(driver: Driver) {
+    let pki = TestPki::new();
+    let (doomed, healthy) = (Nginx::start(pki.dir.path()), Nginx::start(pki.dir.path()));
+    let names = [doomed.addr.to_string(), healthy.addr.to_string()];
+    let upstream = "    keepalive_connections: 0
+    ejection: {consecutive_failures: 2, duration: 30s}
+";
+    let port = free_port();
+    let config = with_upstream(&pki, port, &names, upstream);
+    let gateway =
+        Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
+    let client = Client::new(&pki, Some(&pki.good));
+    drop(doomed);
+
+    // Every request is still served: a failed connect moves on to the next backend.
+    for _ in 0..20 {
+        let response = client.get(gateway.addr, "/").expect("served");
+        assert_eq!(status_of(&response), 200, "{response}");
+    }
+    let ejections = format!("srrrs_backend_ejections_total{{backend=\"{}\"}}", names[0]);
+    assert_eq!(gateway.metric(&ejections), 1.0);
+    assert_eq!(
+        gateway.metric(&format!("srrrs_backend_up{{backend=\"{}\"}}", names[0])),
+        0.0
+    );
+    // Two failures ejected it; after that it is left out.
+    assert_eq!(connect_failures(&gateway), 2);
+    assert_eq!(served_by(&healthy), 20);
+}
+
+fn least_connections_sends_new_requests_past_a_busy_backend(driver: Driver) {
+    let pki = TestPki::new();
+    let busy = SlowBackend::start(Duration::from_secs(3));
+    let idle = SlowBackend::start(Duration::from_secs(3));
+    let names = [busy.addr.clone(), idle.addr.clone()];
+    let upstream = "    keepalive_connections: 0\n    balance: least_connections\n";
+    let port = free_port();
+    // One worker, so that its counts are the whole picture.
+    let config = with_upstream(&pki, port, &names, upstream).replace("workers: 2", "workers: 1");
+    let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
+    let client = Client::new(&pki, Some(&pki.good));
+
+    let slow = std::thread::spawn({
+        let (client, addr) = (client.clone(), gateway.addr);
+        move || client.get(addr, "/slow")
+    });
+    assert!(eventually(Duration::from_secs(5), || busy
+        .started
+        .load(Ordering::SeqCst)
+        + idle.started.load(Ordering::SeqCst)
+        == 1));
+    let (holding, other) = match busy.started.load(Ordering::SeqCst) {
+        1 => (&busy, &idle),
+        _ => (&idle, &busy),
+    };
+    for _ in 0..10 {
+        let response = client.get(gateway.addr, "/fast").expect("served");
+        assert_eq!(status_of(&response), 200, "{response}");
+    }
+    assert_eq!(other.answered.load(Ordering::SeqCst), 10);
+    assert_eq!(holding.answered.load(Ordering::SeqCst), 0);
+    let response = slow.join().expect("slow client").expect("response");
+    assert_eq!(status_of(&response), 200, "{response}");
 }

@@ -18,6 +18,7 @@ const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Records every out-of-range value and every setting that will be ignored.
 pub fn check_values(config: &Config, problems: &mut Problems) {
     check_limits(config, problems);
+    check_health_checks(config, problems);
     check_auth(config, problems);
     check_device_policy(config, problems);
     if config.runtime.workers > 1024 {
@@ -79,6 +80,34 @@ fn check_limits(config: &Config, problems: &mut Problems) {
         if value == 0 {
             problems.push(path, "must be at least 1");
         }
+    }
+}
+
+fn check_health_checks(config: &Config, problems: &mut Problems) {
+    let Some(check) = &config.ingress.upstream.health_check else {
+        return;
+    };
+    let field = |name: &str| format!("ingress.upstream.health_check.{name}");
+    for (name, value) in [("interval", check.interval), ("timeout", check.timeout)] {
+        if value.is_zero() {
+            problems.push(&field(name), "must be longer than zero");
+        }
+    }
+    for (name, value) in [
+        ("unhealthy_threshold", check.unhealthy_threshold),
+        ("healthy_threshold", check.healthy_threshold),
+    ] {
+        if value == 0 {
+            problems.push(&field(name), "must be at least 1");
+        }
+    }
+    let bad_path =
+        |path: &str| !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f);
+    if check.http_path.as_deref().is_some_and(bad_path) {
+        problems.push(
+            &field("http_path"),
+            "must start with / and hold no spaces or control characters",
+        );
     }
 }
 

@@ -564,6 +564,90 @@ pub struct UpstreamConfig {
     /// keep-alive timeout (nginx: 75s). Default `4s`.
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// How a backend is chosen for a new backend connection: `round_robin` or
+    /// `least_connections` (the one this worker has the fewest exchanges open with).
+    /// Default `round_robin`.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Active health checks. Default: none (passive ejection only).
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    /// Passive ejection: a backend whose connects fail this many times in a row is left
+    /// out for `duration`. Default: after 3 failures, for 10s.
+    #[serde(default)]
+    pub ejection: EjectionConfig,
+}
+
+/// How backends are chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The one with the fewest open exchanges on this worker.
+    LeastConnections,
+}
+
+/// Active health checks, run off the workers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HealthCheckConfig {
+    /// Time between two checks of a backend. Default `2s`.
+    #[serde(default = "default_check_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Time allowed for one check. Default `1s`.
+    #[serde(default = "default_check_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A path to `GET`; the check passes on a 2xx or 3xx status. Default: none, a TCP
+    /// connect is the check.
+    #[serde(default)]
+    pub http_path: Option<String>,
+    /// Consecutive failed checks that mark a backend down. Default `2`.
+    #[serde(default = "default_check_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Consecutive passed checks that mark it up again. Default `2`.
+    #[serde(default = "default_check_threshold")]
+    pub healthy_threshold: u32,
+}
+
+/// Passive ejection.
+#[derive(Debug, Clone, Deserialize)]
+pub struct EjectionConfig {
+    /// Failed connects in a row that eject a backend; `0` never ejects. Default `3`.
+    #[serde(default = "default_ejection_failures")]
+    pub consecutive_failures: u32,
+    /// How long an ejected backend is left out before it is tried again. Default `10s`.
+    #[serde(default = "default_ejection_duration", with = "humantime_serde")]
+    pub duration: Duration,
+}
+
+impl Default for EjectionConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_ejection_failures(),
+            duration: default_ejection_duration(),
+        }
+    }
+}
+
+fn default_check_interval() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_check_threshold() -> u32 {
+    2
+}
+
+fn default_ejection_failures() -> u32 {
+    3
+}
+
+fn default_ejection_duration() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_keepalive_connections() -> usize {

@@ -24,7 +24,7 @@ use tracing::{debug, debug_span, field, Instrument, Span};
 use crate::access_log::{AccessLog, RequestEntry};
 use crate::auth::cache::TokenCache;
 use crate::auth::{Authorizer, Verdict};
-use crate::config::LimitsConfig;
+use crate::config::{Balance, LimitsConfig};
 use crate::http::head::RequestHead;
 use crate::http::GatewayResponse;
 use crate::ingress::Ingress;
@@ -63,6 +63,8 @@ pub struct Worker {
     pub access_log: Option<Arc<AccessLog>>,
     load: Rc<WorkerLoad>,
     caps: Caps,
+    /// Exchanges open with each backend on this worker, for least-connections.
+    backend_load: Vec<std::cell::Cell<usize>>,
     next_backend: std::cell::Cell<usize>,
     tokens: RefCell<TokenCache>,
 }
@@ -84,6 +86,9 @@ impl Worker {
         let upstream = &ingress.upstream;
         let idle_backends =
             IdlePool::new(upstream.keepalive_connections, upstream.keepalive_timeout);
+        let backend_load = (0..upstream.backends().len())
+            .map(|_| Default::default())
+            .collect();
         let caps = Caps {
             connections: limits.max_connections_per_worker,
             handshakes: limits.max_handshakes_per_worker,
@@ -97,6 +102,7 @@ impl Worker {
             access_log,
             load: Rc::default(),
             caps,
+            backend_load,
             metrics,
             live: Rc::default(),
             idle_backends,
@@ -122,10 +128,22 @@ impl Worker {
         !self.draining.is_raised()
     }
 
-    fn backend_turn(&self) -> usize {
+    /// The backend a new backend connection should go to first: the next in turn, or,
+    /// for least-connections, the available one with the fewest exchanges on this
+    /// worker (ties in turn).
+    fn preferred_backend(&self) -> usize {
         let turn = self.next_backend.get();
         self.next_backend.set(turn.wrapping_add(1));
-        turn
+        let upstream = &self.ingress.upstream;
+        let count = upstream.backends().len();
+        match upstream.balance {
+            Balance::RoundRobin => turn % count,
+            Balance::LeastConnections => (0..count)
+                .map(|offset| (turn + offset) % count)
+                .filter(|index| upstream.health()[*index].is_available())
+                .min_by_key(|index| self.backend_load[*index].get())
+                .unwrap_or(turn % count),
+        }
     }
 
     /// Checks a request's `Authorization` values with this worker's token cache, on a
@@ -365,6 +383,8 @@ async fn serve_first(
         }
     };
 
+    let load = &worker.backend_load[backend];
+    load.set(load.get() + 1);
     let idle = worker.limits.idle_timeout;
     let exchange = Exchange::new();
     let both = async {
@@ -384,6 +404,7 @@ async fn serve_first(
         ended = both => Some(ended),
         _ = watchdog(&exchange, idle) => None,
     };
+    load.set(load.get() - 1);
     // A backend connection left clean by this client serves the next one.
     if let Some((Some(backend_writer), Some(backend_reader))) = ended {
         worker
@@ -403,11 +424,20 @@ async fn serve_first(
 /// A backend connection: an idle one of this worker's, or a new one (round robin, the
 /// next backend when one refuses).
 async fn backend(worker: &Worker) -> Option<(usize, BackendReader, BackendWriter)> {
-    if let Some(idle) = worker.idle_backends.take().await {
-        debug!(backend = idle.0, "forwarding on an idle backend connection");
-        return Some(idle);
+    let health = worker.ingress.upstream.health();
+    while let Some(idle) = worker.idle_backends.take().await {
+        // One to a backend that has been marked down or ejected since is closed.
+        if health[idle.0].is_available() {
+            debug!(backend = idle.0, "forwarding on an idle backend connection");
+            return Some(idle);
+        }
     }
-    match worker.ingress.upstream.connect(worker.backend_turn()).await {
+    match worker
+        .ingress
+        .upstream
+        .connect(worker.preferred_backend())
+        .await
+    {
         Ok((stream, backend)) => {
             debug!(backend, "forwarding");
             let (reader, writer) = stream.into_split();

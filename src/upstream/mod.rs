@@ -17,8 +17,11 @@ use tracing::{debug, warn};
 
 use crate::config::{LoadedConfig, Problems};
 
+pub mod health;
 pub mod pool;
+use crate::config::{Balance, EjectionConfig, HealthCheckConfig};
 use crate::socket;
+use health::BackendHealth;
 
 /// Where one backend listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +99,11 @@ impl Backend {
 #[derive(Debug, Clone)]
 pub struct BackendPool {
     backends: Vec<Backend>,
+    health: std::sync::Arc<[BackendHealth]>,
+    health_check: Option<HealthCheckConfig>,
+    ejection: EjectionConfig,
+    /// How a backend is chosen.
+    pub balance: Balance,
     connect_timeout: Duration,
     /// Idle connections kept per worker.
     pub keepalive_connections: usize,
@@ -128,8 +136,14 @@ impl BackendPool {
             }
         }
         let complete = !backends.is_empty() && backends.len() == upstream.backends.len();
-        complete.then_some(Self {
+        complete.then(|| Self {
+            health: (0..backends.len())
+                .map(|_| BackendHealth::default())
+                .collect(),
             backends,
+            health_check: upstream.health_check.clone(),
+            ejection: upstream.ejection.clone(),
+            balance: upstream.balance,
             connect_timeout: upstream.connect_timeout,
             keepalive_connections: upstream.keepalive_connections,
             keepalive_timeout: upstream.keepalive_timeout,
@@ -141,20 +155,53 @@ impl BackendPool {
         &self.backends
     }
 
-    /// Connects to the backend at `turn` (round robin), or to the next ones in order when
-    /// it fails, trying each once.
-    /// Returns the stream and the backend's number.
-    pub async fn connect(&self, turn: usize) -> Result<(BackendStream, usize), NoBackendReachable> {
+    /// The health of each backend, in configured order.
+    pub fn health(&self) -> &[BackendHealth] {
+        &self.health
+    }
+
+    /// The same, shared, for the metrics.
+    pub fn shared_health(&self) -> std::sync::Arc<[BackendHealth]> {
+        self.health.clone()
+    }
+
+    /// Starts the active health checks, if configured.
+    pub fn start_checks(&self) -> io::Result<()> {
+        match &self.health_check {
+            Some(config) => {
+                health::spawn_checks(self.backends.clone(), self.health.clone(), config.clone())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Connects to backend number `preferred`, or, when it fails, to the next ones in
+    /// order, trying each once: first the available ones (up and not ejected), then,
+    /// when none of those connects, the others, so that a check that is wrong about
+    /// every backend does not take the service down. Returns the stream and the
+    /// backend's number.
+    pub async fn connect(
+        &self,
+        preferred: usize,
+    ) -> Result<(BackendStream, usize), NoBackendReachable> {
         let count = self.backends.len();
-        for offset in 0..count {
-            let index = (turn + offset) % count;
+        let in_order = (0..count).map(|offset| (preferred + offset) % count);
+        let (available, others): (Vec<usize>, Vec<usize>) =
+            in_order.partition(|index| self.health[*index].is_available());
+        for index in available.into_iter().chain(others) {
             let backend = &self.backends[index];
             match backend.connect(self.connect_timeout).await {
                 Ok(stream) => {
                     debug!(backend = %backend, "backend connected");
+                    self.health[index].connected();
                     return Ok((stream, index));
                 }
-                Err(error) => warn!(backend = %backend, %error, "backend connect failed"),
+                Err(error) => {
+                    warn!(backend = %backend, %error, "backend connect failed");
+                    if self.health[index].connect_failed(&self.ejection) {
+                        warn!(backend = %backend, for_ = ?self.ejection.duration, "backend ejected after consecutive connect failures");
+                    }
+                }
             }
         }
         Err(NoBackendReachable { tried: count })

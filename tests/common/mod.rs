@@ -540,6 +540,8 @@ pub fn curl_mtls(
 pub struct Nginx {
     child: Child,
     pub addr: SocketAddr,
+    /// Its folder: `access.log` lists the requests it served.
+    pub root: PathBuf,
 }
 
 impl Nginx {
@@ -590,7 +592,7 @@ http {{
             assert!(Instant::now() < deadline, "nginx did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child, addr }
+        Self { child, addr, root }
     }
 }
 
