@@ -4,9 +4,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -54,6 +55,12 @@ impl Readiness {
 /// The most an admin request head may take.
 const MAX_HEAD: usize = 8 * 1024;
 
+/// Time allowed for a whole admin request head, and for each write of the answer.
+const REQUEST_TIME: Duration = Duration::from_secs(2);
+
+/// Admin requests served at once; more are closed at once.
+const MAX_CONCURRENT: usize = 16;
+
 /// Binds `addr` and serves admin requests on a thread of its own.
 pub fn start(
     addr: SocketAddr,
@@ -62,12 +69,29 @@ pub fn start(
 ) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
+    let shared = Arc::new((metrics, readiness));
     thread::Builder::new()
         .name("edge-admin".into())
         .spawn(move || {
+            let busy = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming().flatten() {
-                if let Err(error) = answer(stream, &metrics, &readiness) {
-                    debug!(%error, "admin request failed");
+                // Each request on a thread of its own, so that a slow client cannot hold
+                // up health probes; past the cap, connections are closed at once.
+                if busy.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT {
+                    busy.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+                let (shared, done) = (shared.clone(), busy.clone());
+                let spawned = thread::Builder::new()
+                    .name("edge-admin-request".into())
+                    .spawn(move || {
+                        if let Err(error) = answer(stream, &shared.0, &shared.1) {
+                            debug!(%error, "admin request failed");
+                        }
+                        done.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    busy.fetch_sub(1, Ordering::AcqRel);
                 }
             }
         })?;
@@ -75,8 +99,7 @@ pub fn start(
 }
 
 fn answer(mut stream: TcpStream, metrics: &Arc<Metrics>, readiness: &Readiness) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(REQUEST_TIME))?;
     let path = read_request_path(&mut stream)?;
     let (status, content_type, body) = match path.as_deref() {
         Some("/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
@@ -105,7 +128,14 @@ fn answer(mut stream: TcpStream, metrics: &Arc<Metrics>, readiness: &Readiness) 
 fn read_request_path(stream: &mut TcpStream) -> io::Result<Option<String>> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    let deadline = Instant::now() + REQUEST_TIME;
     while head.len() < MAX_HEAD {
+        // The whole head within the deadline, however it trickles in.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
         let read = stream.read(&mut chunk)?;
         if read == 0 {
             break;

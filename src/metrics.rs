@@ -30,16 +30,23 @@ pub enum Shed {
     WorkerConnections,
     /// The client's address holds `limits.max_connections_per_source` already.
     SourceConnections,
+    /// Its handshake stalled while the worker was at `limits.max_handshakes_per_worker`.
+    StalledHandshake,
 }
 
 impl Shed {
-    const ALL: [Self; 2] = [Self::WorkerConnections, Self::SourceConnections];
+    const ALL: [Self; 3] = [
+        Self::WorkerConnections,
+        Self::SourceConnections,
+        Self::StalledHandshake,
+    ];
 
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
             Self::WorkerConnections => "worker_connections",
             Self::SourceConnections => "source_connections",
+            Self::StalledHandshake => "stalled_handshake",
         }
     }
 }

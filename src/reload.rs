@@ -16,8 +16,8 @@ use tracing::{info, warn};
 use crate::tls::client_auth::DeviceVerifier;
 use crate::tls::revocation::{RevocationSet, RevocationSources};
 use crate::tls::tickets::TicketKeyRing;
-use crate::tls::ServerCertificate;
 use crate::tls::{describe_time, unix_now, TlsPolicy};
+use crate::tls::{FileStamp, ServerCertificate};
 
 /// How often the watched files are looked at.
 const POLL: Duration = Duration::from_secs(1);
@@ -159,7 +159,10 @@ impl RevocationReloader {
 
 struct CertificateReloader {
     certificate: Arc<ServerCertificate>,
-    stamps: [Option<SystemTime>; 2],
+    stamps: [Option<FileStamp>; 2],
+    /// Stamps seen changed at the last look; the files are read once they hold still
+    /// for a look, so that a file still being written is not served.
+    settling: Option<[Option<FileStamp>; 2]>,
 }
 
 impl CertificateReloader {
@@ -168,17 +171,26 @@ impl CertificateReloader {
         Self {
             certificate,
             stamps,
+            settling: None,
         }
     }
 
-    /// Reloads when asked or when either file changed. A certificate and key replaced
-    /// one after the other fail to match in between; the pair in force stays until
-    /// both have changed.
+    /// Reloads when asked, or when either file changed and then held still for a look.
+    /// A certificate and key replaced one after the other fail to match in between; the
+    /// pair in force stays until both are in place.
     fn tick(&mut self, asked: bool) {
         let stamps = self.certificate.file_stamps();
-        if !asked && stamps == self.stamps {
-            return;
+        if !asked {
+            if stamps == self.stamps {
+                self.settling = None;
+                return;
+            }
+            if self.settling != Some(stamps) {
+                self.settling = Some(stamps);
+                return;
+            }
         }
+        self.settling = None;
         self.stamps = stamps;
         match self.certificate.reload() {
             Ok(()) => info!("server certificate reloaded; new handshakes present it"),

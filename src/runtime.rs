@@ -448,13 +448,9 @@ async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>, drain:
 }
 
 /// Accepts until the worker drains; then the listener closes, and new connections to
-/// this worker's socket are refused. While the worker has no room for another
-/// handshake, it does not accept: new connections wait in the kernel's backlog.
+/// this worker's socket are refused.
 async fn accept_loop(listener: monoio::net::TcpListener, worker: Rc<Worker>) {
     loop {
-        if !worker.handshake_room().await {
-            return;
-        }
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
             _ = worker.draining.wait() => return,

@@ -26,6 +26,7 @@ on_both_drivers!(
     a_killed_backend_fails_its_checks_and_traffic_moves_to_the_healthy_one,
     without_checks_a_dead_backend_is_ejected_after_consecutive_connect_failures,
     least_connections_sends_new_requests_past_a_busy_backend,
+    a_later_head_arriving_slowly_within_its_timeout_is_not_cut_by_the_idle_timeout,
 );
 
 /// The test mTLS config with `limits` (a YAML flow mapping) added.
@@ -254,22 +255,48 @@ fn a_handshake_flood_beyond_the_cap_waits_while_admitted_clients_are_served(driv
     let gateway = start(
         &pki,
         &[backend_addr],
-        "{max_handshakes_per_worker: 4, handshake_timeout: 5s}",
+        "{max_handshakes_per_worker: 4, handshake_timeout: 30s}",
         driver,
     );
     let client = Client::new(&pki, Some(&pki.good));
     let mut admitted = client.connect(gateway.addr).expect("handshake");
+    let handshaking = || gateway.metric("srrrs_handshakes_in_progress");
 
-    // 300 connections that never send a ClientHello.
-    let flood: Vec<TcpStream> = (0..300)
+    // 300 connections that send nothing hold no handshake place: new clients get in.
+    let silent: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(gateway.addr).expect("connect"))
+        .collect();
+    let started = Instant::now();
+    let response = client
+        .get(gateway.addr, "/past-the-silent")
+        .expect("served");
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(handshaking(), 0.0);
+    drop(silent);
+
+    // 40 connections that start a handshake and stall: at most 4 per worker run at
+    // once, the admitted client is served meanwhile, and a stalled one gives its place
+    // up after a second, so a new client gets in within the flood's length.
+    let stalled: Vec<TcpStream> = (0..40)
+        .map(|_| {
+            let mut stream = TcpStream::connect(gateway.addr).expect("connect");
+            stream
+                .write_all(&[0x16, 0x03, 0x01])
+                .expect("a record's first bytes");
+            stream
+        })
         .collect();
     let mut most = 0.0f64;
     for index in 0..20 {
         send_request(&mut admitted, &format!("/during-{index}"), &[]).expect("send");
         let response = read_one_response(&mut admitted);
         assert_eq!(status_of(&response), 200, "{response}");
-        most = most.max(gateway.metric("srrrs_handshakes_in_progress"));
+        most = most.max(handshaking());
         std::thread::sleep(Duration::from_millis(25));
     }
     assert!(most > 0.0, "the flood never reached the handshake step");
@@ -277,12 +304,18 @@ fn a_handshake_flood_beyond_the_cap_waits_while_admitted_clients_are_served(driv
         most <= 8.0,
         "{most} handshakes at once with a cap of 4 per worker"
     );
-
-    // Once the flood goes away, new clients get in.
-    drop(flood);
-    assert!(eventually(Duration::from_secs(10), || client
-        .get(gateway.addr, "/after")
-        .is_ok_and(|response| status_of(&response) == 200)));
+    let started = Instant::now();
+    let response = client
+        .get(gateway.addr, "/past-the-stalled")
+        .expect("served");
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(gateway.metric("srrrs_connections_shed_total{limit=\"stalled_handshake\"}") > 0.0);
+    drop(stalled);
 }
 
 fn connections_over_the_per_source_and_per_worker_caps_are_closed_and_counted(driver: Driver) {
@@ -526,13 +559,38 @@ fn a_new_server_certificate_goes_into_force_on_sighup_under_load_and_a_corrupt_o
             .matches("server certificate reload failed")
             .count()
     };
-    let failed_before = failures();
-    let corrupt = "-----BEGIN CERTIFICATE-----\nnot base64\n";
-    replace_file(&pki, "server.pem", corrupt);
-    gateway.reload();
-    assert!(eventually(Duration::from_secs(5), || failures() > failed_before));
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(presented_leaf(&pki, gateway.addr), renewed.der.to_vec());
+    // Not PEM; a good leaf followed by a block that is not a certificate; a
+    // certificate that has expired: each keeps the renewed pair in force.
+    let now = time::OffsetDateTime::now_utc();
+    let expired = pki.server_root.issue(
+        &CertRequest::server(&["localhost", "127.0.0.1"])
+            .valid(now - time::Duration::days(2), now - time::Duration::days(1)),
+    );
+    let bad_files = [
+        (
+            "-----BEGIN CERTIFICATE-----\nnot base64\n".to_owned(),
+            &renewed.key_pem,
+        ),
+        (
+            format!(
+                "{}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+                renewed.chain_pem
+            ),
+            &renewed.key_pem,
+        ),
+        (expired.chain_pem.clone(), &expired.key_pem),
+    ];
+    for (chain, key) in bad_files {
+        let failed_before = failures();
+        replace_file(&pki, "server.key", key);
+        replace_file(&pki, "server.pem", &chain);
+        gateway.reload();
+        assert!(
+            eventually(Duration::from_secs(5), || failures() > failed_before),
+            "{chain}"
+        );
+        assert_eq!(presented_leaf(&pki, gateway.addr), renewed.der.to_vec());
+    }
 
     stop.store(true, Ordering::SeqCst);
     for handle in load {
@@ -769,8 +827,35 @@ fn least_connections_sends_new_requests_past_a_busy_backend(driver: Driver) {
         let response = client.get(gateway.addr, "/fast").expect("served");
         assert_eq!(status_of(&response), 200, "{response}");
     }
-    assert_eq!(other.answered.load(Ordering::SeqCst), 10);
+    // The backend counts an answer just after sending it.
+    assert!(eventually(Duration::from_secs(2), || other
+        .answered
+        .load(Ordering::SeqCst)
+        == 10));
     assert_eq!(holding.answered.load(Ordering::SeqCst), 0);
     let response = slow.join().expect("slow client").expect("response");
+    assert_eq!(status_of(&response), 200, "{response}");
+}
+
+fn a_later_head_arriving_slowly_within_its_timeout_is_not_cut_by_the_idle_timeout(driver: Driver) {
+    let pki = TestPki::new();
+    let (_backend, backend_addr) = echo_backend();
+    let limits = "{idle_timeout: 2s, request_head_timeout: 4s}";
+    let gateway = start(&pki, &[backend_addr], limits, driver);
+    let client = Client::new(&pki, Some(&pki.good));
+    let mut stream = client.connect(gateway.addr).expect("handshake");
+    send_request(&mut stream, "/first", &[]).expect("send");
+    assert_eq!(status_of(&read_one_response(&mut stream)), 200);
+
+    // Idle for 1.5 s, then a head over 2 s: the connection is quiet for longer than
+    // idle_timeout in all, but never between two bytes of the head.
+    std::thread::sleep(Duration::from_millis(1500));
+    let head = b"GET /second HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    for piece in head.chunks(head.len() / 4 + 1) {
+        stream.write_all(piece).expect("head piece");
+        stream.flush().expect("flush");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let response = read_one_response(&mut stream);
     assert_eq!(status_of(&response), 200, "{response}");
 }

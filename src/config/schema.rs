@@ -124,9 +124,11 @@ pub struct LimitsConfig {
     /// accepted and closed at once, and counted. Default `25000`.
     #[serde(default = "default_max_connections")]
     pub max_connections_per_worker: usize,
-    /// The most TLS handshakes in progress per worker; beyond it a new connection is
-    /// accepted and closed at once, and counted, so that a flood of handshakes cannot
-    /// starve the connections already admitted. Default `512`.
+    /// The most TLS handshakes in progress per worker, so that a flood of handshakes
+    /// cannot starve the connections already admitted. A handshake counts from the
+    /// client's first bytes. At the cap a new handshake waits until one ends, or until
+    /// the oldest has taken a second, which is then dropped to make room: a client that
+    /// stalls its handshake cannot hold a place while others wait. Default `512`.
     #[serde(default = "default_max_handshakes")]
     pub max_handshakes_per_worker: usize,
     /// The most open connections from one client address, over all workers; beyond it

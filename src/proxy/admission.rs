@@ -1,17 +1,21 @@
 //! Caps on what a worker takes on. Connections per worker and per client address are
 //! checked right after accept, before any TLS work: a connection over either cap is
 //! closed at once and counted; it costs an accept and a close. Handshakes in progress
-//! per worker are capped by not accepting: beyond the cap, new connections wait in the
-//! kernel's backlog until a handshake ends.
+//! per worker are capped too, counted from a connection's first bytes (one that sends
+//! nothing holds no place): beyond the cap a new handshake waits until one ends, or
+//! until the oldest has stalled long enough to be dropped for it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
 use super::drain::Notify;
+use super::exchange::Signal;
 use crate::metrics::Shed;
 
 /// Open connections per client address, over all workers.
@@ -68,11 +72,18 @@ impl Drop for SourceSlot {
     }
 }
 
+/// How long a handshake may take before, at the handshake cap, it is dropped to make
+/// room for a new connection. Handshakes take a few round trips; one that takes this
+/// long is waiting on its client.
+pub const HANDSHAKE_STALL: Duration = Duration::from_secs(1);
+
 /// A worker's counts of its own connections and handshakes.
 #[derive(Debug, Default)]
 pub struct WorkerLoad {
     connections: Cell<usize>,
-    handshakes: Cell<usize>,
+    /// Handshakes in progress, oldest first, with when they began and how to stop them.
+    handshakes: RefCell<BTreeMap<u64, (Instant, Rc<Signal>)>>,
+    next_handshake: Cell<u64>,
     /// Woken each time a handshake ends, for accept loops waiting for a free slot.
     pub handshake_ended: Notify,
 }
@@ -92,12 +103,15 @@ impl Drop for Admitted {
 
 /// A handshake in progress; dropping it ends its count.
 #[derive(Debug)]
-pub struct HandshakeSlot(Rc<WorkerLoad>);
+pub struct HandshakeSlot {
+    load: Rc<WorkerLoad>,
+    id: u64,
+}
 
 impl Drop for HandshakeSlot {
     fn drop(&mut self) {
-        self.0.handshakes.set(self.0.handshakes.get() - 1);
-        self.0.handshake_ended.notify_all();
+        self.load.handshakes.borrow_mut().remove(&self.id);
+        self.load.handshake_ended.notify_all();
     }
 }
 
@@ -120,14 +134,35 @@ impl WorkerLoad {
 
     /// The worker's handshakes in progress.
     pub fn handshakes(&self) -> usize {
-        self.handshakes.get()
+        self.handshakes.borrow().len()
     }
 
-    /// Whether another handshake may start. When not, the accept loops wait: the
-    /// connections queue in the kernel's backlog, in order, rather than all slowing
-    /// each other down (a reconnect storm after a failover, say).
+    /// Whether another handshake may start. When not, new handshakes wait rather than
+    /// all slowing each other down (a reconnect storm after a failover, say).
     pub fn has_handshake_room(&self, caps: &Caps) -> bool {
-        self.handshakes.get() < caps.handshakes
+        self.handshakes() < caps.handshakes
+    }
+
+    /// How long the oldest handshake in progress has taken.
+    pub fn oldest_handshake_age(&self) -> Option<Duration> {
+        let handshakes = self.handshakes.borrow();
+        let (started, _) = handshakes.values().next()?;
+        Some(started.elapsed())
+    }
+
+    /// Drops the oldest handshake in progress when it has taken `stall` or longer, and
+    /// says whether it did.
+    pub fn evict_stalled(&self, stall: Duration) -> bool {
+        let mut handshakes = self.handshakes.borrow_mut();
+        let Some(mut oldest) = handshakes.first_entry() else {
+            return false;
+        };
+        if oldest.get().0.elapsed() < stall {
+            return false;
+        }
+        oldest.get_mut().1.raise();
+        oldest.remove();
+        true
     }
 
     /// Admits a connection from `ip`, or says which cap it would exceed.
@@ -146,10 +181,18 @@ impl WorkerLoad {
         })
     }
 
-    /// Counts a handshake until the slot is dropped.
-    pub fn start_handshake(self: &Rc<Self>) -> HandshakeSlot {
-        self.handshakes.set(self.handshakes.get() + 1);
-        HandshakeSlot(self.clone())
+    /// Counts a handshake until the slot is dropped; `evicted` is raised if it is
+    /// dropped to make room.
+    pub fn start_handshake(self: &Rc<Self>, evicted: Rc<Signal>) -> HandshakeSlot {
+        let id = self.next_handshake.get();
+        self.next_handshake.set(id + 1);
+        self.handshakes
+            .borrow_mut()
+            .insert(id, (Instant::now(), evicted.clone()));
+        HandshakeSlot {
+            load: self.clone(),
+            id,
+        }
     }
 }
 
@@ -188,9 +231,13 @@ mod tests {
             sources: None,
         };
         let load = Rc::new(WorkerLoad::default());
-        let slot = load.start_handshake();
+        let slot = load.start_handshake(Rc::default());
         assert!(!load.has_handshake_room(&caps));
+        assert!(!load.evict_stalled(Duration::from_secs(60)));
+        assert!(load.evict_stalled(Duration::ZERO));
+        assert!(load.has_handshake_room(&caps));
         drop(slot);
         assert!(load.has_handshake_room(&caps));
+        assert_eq!(load.handshakes(), 0);
     }
 }

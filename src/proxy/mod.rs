@@ -28,15 +28,15 @@ use crate::config::{Balance, LimitsConfig};
 use crate::http::head::RequestHead;
 use crate::http::GatewayResponse;
 use crate::ingress::Ingress;
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{Shed, WorkerMetrics};
 use crate::tls::chain_cache::VerifiedChain;
 use crate::tls::stream::{self, HandshakeFacts, TlsReader, TlsSession, TlsWriter};
 use crate::tls::HandshakeRefusal;
 use crate::upstream::pool::IdlePool;
 use crate::upstream::{BackendReader, BackendWriter};
-use admission::{Admitted, Caps, HandshakeSlot, SourceCounts, WorkerLoad};
+use admission::{Admitted, Caps, HandshakeSlot, SourceCounts, WorkerLoad, HANDSHAKE_STALL};
 use drain::Draining;
-use exchange::{Abort, Exchange};
+use exchange::{Abort, Exchange, Signal};
 use requests::{Client, HeadFailure};
 
 /// How long a refused client gets to read the gateway's final response before the
@@ -116,16 +116,30 @@ impl Worker {
         self.load.connections()
     }
 
-    /// Waits until this worker may start another handshake; `false` when it drains
-    /// meanwhile.
-    pub async fn handshake_room(&self) -> bool {
-        while !self.load.has_handshake_room(&self.caps) {
+    /// A place among this worker's handshakes in progress, once there is room: at the
+    /// cap, a handshake that has stalled for a second gives its place up; otherwise
+    /// this waits for one to end. `None` when the worker drains meanwhile. `evicted`
+    /// is raised if this handshake later gives its place up.
+    pub async fn handshake_slot(&self, evicted: Rc<Signal>) -> Option<HandshakeSlot> {
+        loop {
+            if self.draining.is_raised() {
+                return None;
+            }
+            if self.load.has_handshake_room(&self.caps) {
+                return Some(self.load.start_handshake(evicted));
+            }
+            if self.load.evict_stalled(HANDSHAKE_STALL) {
+                self.metrics.connection_shed(Shed::StalledHandshake);
+                continue;
+            }
+            let age = self.load.oldest_handshake_age().unwrap_or_default();
+            let stall = HANDSHAKE_STALL.saturating_sub(age);
             monoio::select! {
                 _ = self.load.handshake_ended.wait() => {},
-                _ = self.draining.wait() => return false,
+                _ = monoio::time::sleep(stall) => {},
+                _ = self.draining.wait() => {},
             }
         }
-        !self.draining.is_raised()
     }
 
     /// The backend a new backend connection should go to first: the next in turn, or,
@@ -159,7 +173,7 @@ impl Worker {
 }
 
 /// Takes an accepted connection: closes it at once when it is over a cap, otherwise
-/// counts its handshake and serves it on a task of its own.
+/// serves it on a task of its own.
 pub fn take(socket: TcpStream, peer: SocketAddr, worker: &Rc<Worker>) {
     let admitted = match worker.load.admit(peer.ip(), &worker.caps) {
         Ok(admitted) => admitted,
@@ -172,25 +186,11 @@ pub fn take(socket: TcpStream, peer: SocketAddr, worker: &Rc<Worker>) {
             return;
         }
     };
-    // Counted before the task runs, so that the accept loop sees it at once.
-    let handshake_slot = worker.load.start_handshake();
-    monoio::spawn(serve(
-        socket,
-        peer,
-        worker.clone(),
-        admitted,
-        handshake_slot,
-    ));
+    monoio::spawn(serve(socket, peer, worker.clone(), admitted));
 }
 
 /// Serves one admitted connection to its end.
-async fn serve(
-    socket: TcpStream,
-    peer: SocketAddr,
-    worker: Rc<Worker>,
-    admitted: Admitted,
-    handshake_slot: HandshakeSlot,
-) {
+async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>, admitted: Admitted) {
     worker.metrics.connection_opened();
     let span = debug_span!(
         "connection",
@@ -200,26 +200,39 @@ async fn serve(
         client.subject = field::Empty,
         client.sha256 = field::Empty,
     );
-    serve_connection(socket, peer, &worker, handshake_slot)
+    serve_connection(socket, peer, &worker)
         .instrument(span)
         .await;
     worker.metrics.connection_closed();
     drop(admitted);
 }
 
-async fn serve_connection(
-    socket: TcpStream,
-    peer: SocketAddr,
-    worker: &Worker,
-    handshake_slot: HandshakeSlot,
-) {
+async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) {
     let _ = socket.set_nodelay(true);
     // Boxed, as is the relay below: the future of a connection that waits for its next
     // request holds only what waiting needs, not the largest step's state.
-    worker.metrics.handshake_started();
-    let session = Box::pin(handshake(socket, peer, worker)).await;
-    worker.metrics.handshake_ended();
-    drop(handshake_slot);
+    // A handshake counts against the worker's cap from the client's first bytes on: a
+    // connection that sends nothing holds no place (its handshake_timeout ends it).
+    let evicted = Rc::new(Signal::default());
+    let slot: RefCell<Option<HandshakeSlot>> = RefCell::new(None);
+    let admit = async || match worker.handshake_slot(evicted.clone()).await {
+        Some(taken) => {
+            *slot.borrow_mut() = Some(taken);
+            worker.metrics.handshake_started();
+            true
+        }
+        None => false,
+    };
+    let session = monoio::select! {
+        session = Box::pin(handshake(socket, peer, worker, admit)) => session,
+        _ = evicted.wait() => {
+            debug!("handshake dropped: stalled while others waited");
+            None
+        }
+    };
+    if slot.take().is_some() {
+        worker.metrics.handshake_ended();
+    }
     let Some(session) = session else {
         return;
     };
@@ -266,9 +279,15 @@ async fn send_pending_alert(writer: &mut TlsWriter) {
     let _ = monoio::time::timeout(Duration::from_secs(1), writer.flush(abort.handle())).await;
 }
 
-async fn handshake(socket: TcpStream, peer: SocketAddr, worker: &Worker) -> Option<TlsSession> {
+async fn handshake(
+    socket: TcpStream,
+    peer: SocketAddr,
+    worker: &Worker,
+    admit: impl AsyncFnOnce() -> bool,
+) -> Option<TlsSession> {
     let limit = worker.limits.handshake_timeout;
-    let outcome = monoio::time::timeout(limit, stream::accept(socket, &worker.ingress.tls)).await;
+    let accept = stream::accept(socket, &worker.ingress.tls, admit);
+    let outcome = monoio::time::timeout(limit, accept).await;
     let failure = match outcome {
         Ok(Ok(session)) => {
             record_session(&session);
@@ -341,8 +360,15 @@ async fn serve_requests(reader: &mut TlsReader, writer: &mut TlsWriter, client: 
     // idle connection may wait.
     let limits = &client.worker.limits;
     let deadline = Instant::now() + limits.request_head_timeout.min(limits.idle_timeout);
-    let head =
-        requests::read_head(reader, &mut input, client, abort.handle(), Some(deadline)).await;
+    let head = requests::read_head(
+        reader,
+        &mut input,
+        client,
+        abort.handle(),
+        Some(deadline),
+        None,
+    )
+    .await;
     // Boxed: a connection waiting for its first request holds only the wait's state.
     Box::pin(serve_first(head, input, reader, writer, client)).await
 }

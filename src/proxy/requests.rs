@@ -104,13 +104,15 @@ pub enum HeadFailure {
 ///
 /// The head must be whole by `deadline`, or, when that is `None`, within
 /// `limits.request_head_timeout` of its first byte; a late head gets 408. While no
-/// byte of a head has arrived, draining ends the wait.
+/// byte of a head has arrived, draining ends the wait. Bytes that arrive count as
+/// activity on `exchange`, when the connection has one.
 pub async fn read_head(
     reader: &mut TlsReader,
     input: &mut Vec<u8>,
     client: &Client<'_>,
     cancel: &CancelHandle,
     mut deadline: Option<Instant>,
+    exchange: Option<&Exchange>,
 ) -> Result<Option<RequestHead>, HeadFailure> {
     let worker = client.worker;
     loop {
@@ -159,7 +161,13 @@ pub async fn read_head(
         match read {
             Ok(0) if input.is_empty() => return Ok(None),
             Ok(0) => return Err(HeadFailure::Broken),
-            Ok(_) => {}
+            // Head bytes are activity: the idle timeout does not cut a head that
+            // arrives within its own timeout.
+            Ok(_) => {
+                if let Some(exchange) = exchange {
+                    exchange.touch();
+                }
+            }
             Err(error) => {
                 debug!(%error, "client read failed");
                 return Err(HeadFailure::Broken);
@@ -342,7 +350,16 @@ async fn next_request(
     client: &Client<'_>,
     exchange: &Exchange,
 ) -> Option<Admitted> {
-    let head = match read_head(reader, input, client, exchange.cancel(), None).await {
+    let head = match read_head(
+        reader,
+        input,
+        client,
+        exchange.cancel(),
+        None,
+        Some(exchange),
+    )
+    .await
+    {
         Ok(Some(head)) => head,
         Ok(None) => {
             exchange.finish_requests(None);

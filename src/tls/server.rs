@@ -14,6 +14,9 @@ use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WebPkiClientVer
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedProtocolVersion};
 use tracing::info;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::prelude::FromDer;
+use x509_parser::time::ASN1Time;
 
 use super::client_auth::DeviceVerifier;
 use super::pem;
@@ -21,6 +24,29 @@ use super::revocation::{RevocationSet, RevocationSources};
 use super::tickets::{TicketKeyRing, TicketKeySource, Ticketer};
 use super::trust::{self, describe_time, TrustStore};
 use crate::config::{ClientAuthMode, LoadedConfig, Problems, TlsVersion};
+
+/// A file's identity and times, compared to tell when it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    inode: u64,
+    size: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of `path`, or `None` when it cannot be read.
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(Self {
+            inode: metadata.ino(),
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        })
+    }
+}
 
 /// The ALPN protocol this gateway speaks.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -273,14 +299,61 @@ impl ServerCertificate {
         Ok(())
     }
 
-    /// The modification times of the two files, to tell when one changes.
-    pub fn file_stamps(&self) -> [Option<SystemTime>; 2] {
-        [&self.chain, &self.key].map(|path| std::fs::metadata(path).and_then(|m| m.modified()).ok())
+    /// What identifies the two files' contents without reading them (inode, size,
+    /// modification and change times), to tell when one changes, even to a copy that
+    /// kept the old modification time.
+    pub fn file_stamps(&self) -> [Option<FileStamp>; 2] {
+        [&self.chain, &self.key].map(|path| FileStamp::of(path))
     }
 
     /// The leaf certificate in force.
     pub fn leaf(&self) -> Option<CertificateDer<'static>> {
         self.current.load().cert.first().cloned()
+    }
+}
+
+/// The most certificates a server chain may hold; more make handshakes that many
+/// clients refuse (too large a Certificate message).
+const MAX_CHAIN: usize = 8;
+
+/// The largest certificate or key file read.
+const MAX_FILE: u64 = 256 * 1024;
+
+/// A chain worth serving: a handful of certificates, each of which parses, the first
+/// valid now.
+fn check_chain(chain: &[CertificateDer<'_>]) -> Result<(), String> {
+    if chain.len() > MAX_CHAIN {
+        return Err(format!(
+            "holds {} certificates; at most {MAX_CHAIN} are served",
+            chain.len()
+        ));
+    }
+    let mut parsed = Vec::with_capacity(chain.len());
+    for (index, der) in chain.iter().enumerate() {
+        match X509Certificate::from_der(der.as_ref()) {
+            Ok((_, certificate)) => parsed.push(certificate),
+            Err(error) => return Err(format!("certificate {} does not parse: {error}", index + 1)),
+        }
+    }
+    let validity = parsed[0].validity();
+    if !validity.is_valid_at(ASN1Time::now()) {
+        return Err(format!(
+            "the certificate is valid only from {} to {}",
+            validity.not_before, validity.not_after
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a file larger than any certificate chain or key should be, before reading it.
+fn within_size(path: &std::path::Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.len() > MAX_FILE => Err(format!(
+            "{}: {} bytes; a certificate chain or key file is at most {MAX_FILE}",
+            path.display(),
+            metadata.len()
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -292,10 +365,12 @@ fn load_pair(
     provider: &CryptoProvider,
 ) -> Result<CertifiedKey, Vec<(&'static str, String)>> {
     let mut errors = Vec::new();
-    let chain = pem::certificates(chain)
+    let chain = within_size(chain)
+        .and_then(|()| pem::certificates(chain))
         .map_err(|error| errors.push(("cert_chain", error)))
         .ok();
-    let key = pem::private_key(key)
+    let key = within_size(key)
+        .and_then(|()| pem::private_key(key))
         .map_err(|error| errors.push(("private_key", error)))
         .ok()
         .and_then(|der| {
@@ -310,6 +385,7 @@ fn load_pair(
     let (Some(chain), Some(key)) = (chain, key) else {
         return Err(errors);
     };
+    check_chain(&chain).map_err(|error| vec![("cert_chain", error)])?;
     let certified = CertifiedKey::new(chain, key);
     if certified.keys_match().is_err() {
         let message = "is not the key of the first certificate in cert_chain".to_owned();

@@ -72,16 +72,26 @@ pub struct TlsSession {
 }
 
 /// Runs a server handshake on `socket` under `policy`. On failure the alert rustls chose
-/// (or `unrecognized_name`) has been sent.
-pub async fn accept(socket: TcpStream, policy: &TlsPolicy) -> Result<TlsSession, HandshakeFailure> {
+/// (or `unrecognized_name`) has been sent. Once the client's first bytes have arrived,
+/// `admit` decides whether the handshake goes on (it may wait for room first): a
+/// connection that sends nothing has not begun a handshake.
+pub async fn accept(
+    socket: TcpStream,
+    policy: &TlsPolicy,
+    admit: impl AsyncFnOnce() -> bool,
+) -> Result<TlsSession, HandshakeFailure> {
     let mut handshake = Handshake {
         socket,
-        input: Vec::with_capacity(READ_CHUNK),
+        input: Vec::with_capacity(QUIET_READ),
         sni: None,
         notes: Rc::default(),
         leftover: Vec::new(),
         received: false,
     };
+    handshake.read_some().await?;
+    if !admit().await {
+        return Err(handshake.failure(HandshakeRefusal::PeerClosed, "not admitted: draining"));
+    }
     let accepted = handshake.read_client_hello().await?;
     handshake
         .check_sni(&accepted.client_hello(), policy)
@@ -111,10 +121,13 @@ struct Handshake {
 }
 
 impl Handshake {
+    /// Reads until the ClientHello is whole, starting with what `input` holds.
     async fn read_client_hello(&mut self) -> Result<rustls::server::Accepted, HandshakeFailure> {
         let mut acceptor = Acceptor::default();
         loop {
-            self.read_some().await?;
+            if self.input.is_empty() {
+                self.read_some().await?;
+            }
             // Fed a record at a time as rustls takes it, so that a large ClientHello
             // (rustls accepts up to 64 KiB) is assembled rather than overflowing.
             let mut input = &self.input[..];
@@ -137,6 +150,7 @@ impl Handshake {
                     }
                 }
             }
+            self.input.clear();
         }
     }
 
@@ -196,6 +210,11 @@ impl Handshake {
     async fn read_some(&mut self) -> Result<(), HandshakeFailure> {
         let mut buffer = std::mem::take(&mut self.input);
         buffer.clear();
+        // A connection waiting to be admitted holds a small buffer; once its handshake
+        // runs, reads take whole records.
+        if self.received && buffer.capacity() < READ_CHUNK {
+            buffer.reserve(READ_CHUNK);
+        }
         let (result, buffer) = self.socket.read(buffer).await;
         self.input = buffer;
         match result {
