@@ -27,6 +27,7 @@ on_both_drivers!(
     without_checks_a_dead_backend_is_ejected_after_consecutive_connect_failures,
     least_connections_sends_new_requests_past_a_busy_backend,
     a_later_head_arriving_slowly_within_its_timeout_is_not_cut_by_the_idle_timeout,
+    an_exempt_path_needs_no_token_and_only_that_path,
 );
 
 /// The test mTLS config with `limits` (a YAML flow mapping) added.
@@ -858,4 +859,81 @@ fn a_later_head_arriving_slowly_within_its_timeout_is_not_cut_by_the_idle_timeou
     }
     let response = read_one_response(&mut stream);
     assert_eq!(status_of(&response), 200, "{response}");
+}
+
+fn an_exempt_path_needs_no_token_and_only_that_path(driver: Driver) {
+    let pki = TestPki::new();
+    let idp = DevIdp::new("https://idp.test", "k1", KeyKind::EcdsaP256);
+    pki.write("jwks.json", &idp.jwks());
+    let (backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let config = pki.mtls_config(port, &[backend_addr]).replace(
+        "  upstream:",
+        "  application_auth:
+    type: jwt
+    issuer: https://idp.test
+    audience: edge
+    jwks_file: jwks.json
+    path_rules:
+      - {prefix: /public, public: true}
+      - {prefix: /admin/, required_claims: {role: admin}}
+  upstream:",
+    );
+    let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
+    let client = Client::new(&pki, Some(&pki.good));
+    let status = |path: &str, token: Option<&str>| {
+        let bearer = token.map(|token| format!("Bearer {token}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|value| ("authorization", value.as_str()))
+            .collect();
+        status_of(&client.get_with(gateway.addr, path, &headers))
+    };
+
+    // Without a token: only the public prefix, at a segment boundary.
+    for path in ["/public", "/public/", "/public/docs?page=2"] {
+        assert_eq!(status(path, None), 200, "{path}");
+    }
+    for path in ["/publicity", "/private", "/", "/admin/x"] {
+        assert_eq!(status(path, None), 401, "{path}");
+    }
+    // Paths a backend could resolve out of the public prefix are refused outright.
+    for path in [
+        "/public/../private",
+        "/public/%2e%2e/private",
+        "/public/..;/private",
+        "/public//private",
+        "/public/%2fprivate",
+    ] {
+        assert_eq!(status(path, None), 400, "{path}");
+    }
+
+    // With a token: the default policy everywhere, and /admin/ asks for more.
+    let user = idp.sign(&idp.claims("edge", "alice"));
+    let mut admin_claims = idp.claims("edge", "root");
+    admin_claims.insert("role".into(), serde_json::json!("admin"));
+    let admin = idp.sign(&admin_claims);
+    assert_eq!(status("/private", Some(&user)), 200);
+    assert_eq!(status("/admin/x", Some(&user)), 403);
+    // The same token again, now from the cache: the rule still holds.
+    assert_eq!(status("/admin/x", Some(&user)), 403);
+    assert_eq!(status("/admin/x", Some(&admin)), 200);
+    assert_eq!(status("/adminx", Some(&user)), 200);
+
+    let reached: Vec<String> = backend.received().iter().map(|r| r.path.clone()).collect();
+    assert!(!reached
+        .iter()
+        .any(|path| path.contains("private") && !path.starts_with("/private")));
+    assert_eq!(
+        reached,
+        [
+            "/public",
+            "/public/",
+            "/public/docs?page=2",
+            "/private",
+            "/admin/x",
+            "/adminx"
+        ],
+        "what reached the backend"
+    );
 }

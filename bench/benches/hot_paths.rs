@@ -100,14 +100,14 @@ fn token_validation(c: &mut Criterion) {
         let header = format!("Bearer {}", token_for(idp));
         let values = [header.as_bytes()];
         assert!(matches!(
-            cold.authorize(&values, None, &mut no_cache),
+            cold.authorize(&values, None, &mut no_cache, None),
             Verdict::Allowed(_)
         ));
         group.bench_function(format!("{name}_cold"), |b| {
-            b.iter(|| cold.authorize(black_box(&values), None, &mut no_cache))
+            b.iter(|| cold.authorize(black_box(&values), None, &mut no_cache, None))
         });
         group.bench_function(format!("{name}_cached"), |b| {
-            b.iter(|| warm.authorize(black_box(&values), None, &mut cache))
+            b.iter(|| warm.authorize(black_box(&values), None, &mut cache, None))
         });
     }
     group.finish();

@@ -18,6 +18,8 @@ pub struct CachedToken {
     pub not_before: Option<u64>,
     /// `cnf.x5t#S256`: the certificate thumbprint the token is bound to, if any.
     pub bound_to: Option<String>,
+    /// Which path rules' claims it meets, a bit per rule.
+    pub rules_met: u64,
 }
 
 /// A worker's cache of verified tokens.
@@ -84,6 +86,7 @@ mod tests {
 
     fn entry(expires: u64) -> CachedToken {
         CachedToken {
+            rules_met: 0,
             user: None,
             expires,
             not_before: None,

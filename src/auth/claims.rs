@@ -99,6 +99,17 @@ impl ClaimPolicy {
         Ok(Self { required })
     }
 
+    /// A policy from the config's `required_claims`: claim path to expected value.
+    pub fn parse(required: &std::collections::BTreeMap<String, Value>) -> Result<Self, String> {
+        let mut parsed = Vec::with_capacity(required.len());
+        for (path, value) in required {
+            let claim = ClaimPath::parse(path)
+                .map_err(|error| format!("{path}: not a claim path: {error}"))?;
+            parsed.push((claim, value.clone()));
+        }
+        Self::new(parsed)
+    }
+
     /// The first required claim `claims` does not satisfy.
     pub fn first_unmet<'a>(&'a self, claims: &Map<String, Value>) -> Option<&'a ClaimPath> {
         self.required

@@ -9,6 +9,7 @@ pub mod claims;
 pub mod fetch;
 pub mod jwks;
 pub mod key_store;
+pub mod paths;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
+
+use paths::{PathDecision, PathRules};
 
 use crate::config::{
     ApplicationAuthConfig, ApplicationAuthKind, CertificateBinding, LoadedConfig, Problems,
@@ -83,6 +86,7 @@ pub struct Authorizer {
     binding: CertificateBinding,
     validations: Vec<(Algorithm, Validation)>,
     policy: ClaimPolicy,
+    paths: PathRules,
     exported: Vec<ClaimPath>,
     keys: Arc<KeyStore>,
     leeway: u64,
@@ -110,6 +114,9 @@ impl Authorizer {
             .map_err(|error| problems.push(&field("algorithms"), error))
             .unwrap_or_default();
         let policy = claim_policy(config, problems);
+        let paths = PathRules::build(&config.path_rules)
+            .map_err(|(at, problem)| problems.push(&field(&format!("path_rules{at}")), problem))
+            .ok();
         let exported = exported_claims(loaded, problems);
         let source = key_source(loaded, config, problems);
         let roots = fetch_roots(loaded, config, problems);
@@ -117,8 +124,8 @@ impl Authorizer {
             return None;
         }
 
-        let (Some(issuer), Some(audience), Some(policy), Some(source)) =
-            (issuer, audience, policy, source)
+        let (Some(issuer), Some(audience), Some(policy), Some(paths), Some(source)) =
+            (issuer, audience, policy, paths, source)
         else {
             return None;
         };
@@ -144,6 +151,7 @@ impl Authorizer {
             binding: config.certificate_binding,
             validations,
             policy,
+            paths,
             exported,
             keys: KeyStore::new(config.unknown_kid_cooldown),
             leeway,
@@ -187,6 +195,11 @@ impl Authorizer {
         &self.exported
     }
 
+    /// What a request target's path asks of its token (see [`PathRules`]).
+    pub fn decide_path(&self, target: &str) -> Result<PathDecision, &'static str> {
+        self.paths.decide(target)
+    }
+
     /// Checks the `Authorization` field values of one request.
     /// `certificate` is the connection's client-certificate thumbprint (base64url
     /// SHA-256, RFC 8705 §3.1), when it has one.
@@ -195,6 +208,7 @@ impl Authorizer {
         authorization: &[&[u8]],
         certificate: Option<&str>,
         cache: &mut TokenCache,
+        rule: Option<usize>,
     ) -> Verdict {
         let token = match bearer_token(authorization) {
             Ok(token) => token,
@@ -203,12 +217,12 @@ impl Authorizer {
         let now = unix_seconds();
         let keys = self.keys.snapshot();
         if let Some(cached) = cache.get(token, keys.generation) {
-            return self.replay(token, cached.clone(), certificate, cache, now);
+            return self.replay(token, cached.clone(), certificate, cache, now, rule);
         }
         match self.verify(token, &keys.jwks) {
             Ok(verified) => {
                 let entry = self.judge(&verified.claims, verified.kid);
-                let verdict = self.replay(token, entry.clone(), certificate, cache, now);
+                let verdict = self.replay(token, entry.clone(), certificate, cache, now, rule);
                 if matches!(
                     verdict,
                     Verdict::Allowed(_) | Verdict::Refused(AuthRefusal::InsufficientScope)
@@ -230,6 +244,7 @@ impl Authorizer {
         certificate: Option<&str>,
         cache: &mut TokenCache,
         now: u64,
+        rule: Option<usize>,
     ) -> Verdict {
         if entry.expires.saturating_add(self.leeway) < now {
             cache.remove(token);
@@ -244,9 +259,10 @@ impl Authorizer {
         if let Err(reason) = self.check_binding(entry.bound_to.as_deref(), certificate) {
             return Verdict::Refused(AuthRefusal::InvalidToken(reason));
         }
+        let rule_met = rule.is_none_or(|rule| entry.rules_met & (1 << rule) != 0);
         match entry.user {
-            Some(user) => Verdict::Allowed(user),
-            None => Verdict::Refused(AuthRefusal::InsufficientScope),
+            Some(user) if rule_met => Verdict::Allowed(user),
+            _ => Verdict::Refused(AuthRefusal::InsufficientScope),
         }
     }
 
@@ -327,6 +343,7 @@ impl Authorizer {
                 expires,
                 not_before,
                 bound_to,
+                rules_met: 0,
             };
         }
         let text = |value: Option<&Value>| value.map(claim_text);
@@ -345,6 +362,7 @@ impl Authorizer {
             expires,
             not_before,
             bound_to,
+            rules_met: self.paths.met_by(claims),
         }
     }
 }
@@ -419,15 +437,7 @@ fn required<'a>(value: Option<&'a str>, field: &str, problems: &mut Problems) ->
 }
 
 fn claim_policy(config: &ApplicationAuthConfig, problems: &mut Problems) -> Option<ClaimPolicy> {
-    let mut required = Vec::new();
-    for (path, value) in &config.required_claims {
-        let field = format!("ingress.application_auth.required_claims.{path}");
-        match ClaimPath::parse(path) {
-            Ok(parsed) => required.push((parsed, value.clone())),
-            Err(error) => problems.push(&field, format!("not a claim path: {error}")),
-        }
-    }
-    ClaimPolicy::new(required)
+    ClaimPolicy::parse(&config.required_claims)
         .map_err(|error| problems.push("ingress.application_auth.required_claims", error))
         .ok()
 }

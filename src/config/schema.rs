@@ -499,6 +499,25 @@ pub struct ApplicationAuthConfig {
     /// headers, so backends (and their logs) never hold a replayable credential.
     #[serde(default)]
     pub forward_authorization: bool,
+    /// Rules by path prefix, the longest matching prefix deciding: `public: true` lets
+    /// requests through without a token; `required_claims` are required on top of the
+    /// ones above. A prefix matches the path itself and what lies under it (`/docs`
+    /// matches `/docs` and `/docs/a`, not `/docsx`). Default: none.
+    #[serde(default)]
+    pub path_rules: Vec<PathRuleConfig>,
+}
+
+/// One path rule.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PathRuleConfig {
+    /// The path prefix, starting with `/`.
+    pub prefix: String,
+    /// No token is asked for. Default `false`.
+    #[serde(default)]
+    pub public: bool,
+    /// Claims required on top of `required_claims`. Default: none.
+    #[serde(default)]
+    pub required_claims: BTreeMap<String, serde_json::Value>,
 }
 
 fn default_fetch_timeout() -> Duration {

@@ -161,14 +161,16 @@ impl Worker {
     }
 
     /// Checks a request's `Authorization` values with this worker's token cache, on a
-    /// connection whose client certificate has `thumbprint`.
+    /// connection whose client certificate has `thumbprint`, for a path whose rule
+    /// number `rule` (if any) requires claims of its own.
     pub fn authorize(
         &self,
         authorizer: &Authorizer,
         values: &[&[u8]],
         thumbprint: Option<&str>,
+        rule: Option<usize>,
     ) -> Verdict {
-        authorizer.authorize(values, thumbprint, &mut self.tokens.borrow_mut())
+        authorizer.authorize(values, thumbprint, &mut self.tokens.borrow_mut(), rule)
     }
 }
 

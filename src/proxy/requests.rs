@@ -12,6 +12,7 @@ use tracing::debug;
 use super::exchange::{Exchange, PendingRequest};
 use super::Worker;
 use crate::access_log::{ConnectionFacts, RequestEntry};
+use crate::auth::paths::PathDecision;
 use crate::auth::{AuthRefusal, Authorized, Verdict, UNKNOWN_KID_WAIT};
 use crate::http::chunked::ChunkedBody;
 use crate::http::head::{self, BodyFraming, RequestHead};
@@ -189,9 +190,25 @@ pub async fn authorize(
     let Some(authorizer) = &client.ingress.auth else {
         return Ok(None);
     };
+    let rule = match authorizer.decide_path(head.target()) {
+        Ok(PathDecision::Public) => {
+            debug!(path = head.target(), "public path: no token asked for");
+            return Ok(None);
+        }
+        Ok(PathDecision::Default) => None,
+        Ok(PathDecision::Claims(rule)) => Some(rule),
+        Err(reason) => {
+            debug!(reason, "path refused");
+            return Err(GatewayResponse::for_http_error(&HttpError::Malformed(
+                reason,
+            )));
+        }
+    };
     let values: Vec<&[u8]> = head.values("authorization").collect();
     let thumbprint = client.device.map(|device| device.thumbprint.as_str());
-    let mut verdict = client.worker.authorize(authorizer, &values, thumbprint);
+    let mut verdict = client
+        .worker
+        .authorize(authorizer, &values, thumbprint, rule);
 
     if matches!(verdict, Verdict::UnknownKey) {
         let keys = authorizer.keys();
@@ -201,7 +218,9 @@ pub async fn authorize(
             while keys.fetches_finished() == before && Instant::now() < deadline {
                 monoio::time::sleep(KEY_POLL).await;
             }
-            verdict = client.worker.authorize(authorizer, &values, thumbprint);
+            verdict = client
+                .worker
+                .authorize(authorizer, &values, thumbprint, rule);
         }
     }
 
