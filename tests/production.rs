@@ -608,26 +608,35 @@ fn a_new_server_certificate_goes_into_force_on_sighup_under_load_and_a_corrupt_o
     assert!(log.contains("server certificate reloaded"), "{log}");
 }
 
-fn the_access_log_has_a_line_per_request_and_per_refused_connection_and_never_a_token(
-    driver: Driver,
-) {
-    let pki = TestPki::new();
+/// A dev IdP and the test mTLS config checking its tokens (issuer `https://idp.test`,
+/// audience `edge`), with `extra` lines added to `application_auth`.
+fn with_tokens(pki: &TestPki, port: u16, backend: String, extra: &str) -> (DevIdp, String) {
     let idp = DevIdp::new("https://idp.test", "k1", KeyKind::EcdsaP256);
     pki.write("jwks.json", &idp.jwks());
-    let (_backend, backend_addr) = echo_backend();
-    let port = free_port();
-    let log_path = pki.path("access.log");
-    let config = format!(
-        "{}access_log: {{path: \"{}\", format: json}}\n",
-        pki.mtls_config(port, &[backend_addr]).replace(
-            "  upstream:",
-            "  application_auth:
+    let auth = format!(
+        "  application_auth:
     type: jwt
     issuer: https://idp.test
     audience: edge
     jwks_file: jwks.json
-  upstream:"
-        ),
+{extra}  upstream:"
+    );
+    let config = pki
+        .mtls_config(port, &[backend])
+        .replace("  upstream:", &auth);
+    (idp, config)
+}
+
+fn the_access_log_has_a_line_per_request_and_per_refused_connection_and_never_a_token(
+    driver: Driver,
+) {
+    let pki = TestPki::new();
+    let (_backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let log_path = pki.path("access.log");
+    let (idp, config) = with_tokens(&pki, port, backend_addr, "");
+    let config = format!(
+        "{config}access_log: {{path: \"{}\", format: json}}\n",
         log_path.display()
     );
     let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
@@ -863,22 +872,13 @@ fn a_later_head_arriving_slowly_within_its_timeout_is_not_cut_by_the_idle_timeou
 
 fn an_exempt_path_needs_no_token_and_only_that_path(driver: Driver) {
     let pki = TestPki::new();
-    let idp = DevIdp::new("https://idp.test", "k1", KeyKind::EcdsaP256);
-    pki.write("jwks.json", &idp.jwks());
     let (backend, backend_addr) = echo_backend();
     let port = free_port();
-    let config = pki.mtls_config(port, &[backend_addr]).replace(
-        "  upstream:",
-        "  application_auth:
-    type: jwt
-    issuer: https://idp.test
-    audience: edge
-    jwks_file: jwks.json
-    path_rules:
+    let rules = "    path_rules:
       - {prefix: /public, public: true}
       - {prefix: /admin/, required_claims: {role: admin}}
-  upstream:",
-    );
+";
+    let (idp, config) = with_tokens(&pki, port, backend_addr, rules);
     let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
     let client = Client::new(&pki, Some(&pki.good));
     let status = |path: &str, token: Option<&str>| {
