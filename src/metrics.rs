@@ -4,7 +4,9 @@
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
+use prometheus_client::encoding::NoLabelSet;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
@@ -59,10 +61,67 @@ const AUTH_REASONS: [&str; 4] = [
     "insufficient_scope",
 ];
 
+/// What is timed, each into a histogram of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timed {
+    /// From accept to a finished handshake.
+    Handshake,
+    /// A request's token check.
+    Authorization,
+    /// Connecting to a backend.
+    BackendConnect,
+    /// A forwarded request, from its head to the end of its response.
+    Request,
+}
+
+impl Timed {
+    const ALL: [Self; 4] = [
+        Self::Handshake,
+        Self::Authorization,
+        Self::BackendConnect,
+        Self::Request,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Authorization => "authorization",
+            Self::BackendConnect => "backend_connect",
+            Self::Request => "request",
+        }
+    }
+}
+
+/// The longest time a histogram holds, in microseconds (longer ones count as this).
+const LONGEST_US: u64 = 600 * 1_000_000;
+
+/// Histogram bucket bounds in the exposition, in seconds.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Quantiles exported as gauges.
+const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+
+/// One worker's latency histograms (microseconds, two significant digits). Only the
+/// worker and a scrape lock them.
+#[derive(Debug)]
+struct Latencies([Mutex<Histogram<u64>>; 4]);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self(std::array::from_fn(|_| {
+            Mutex::new(Histogram::new_with_bounds(1, LONGEST_US, 2).expect("histogram bounds"))
+        }))
+    }
+}
+
 /// The counters of one worker. Aligned to keep two workers' counters off one cache line.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct WorkerMetrics {
+    latencies: Latencies,
     connections_accepted: AtomicU64,
     connections_open: AtomicI64,
     handshakes_in_progress: AtomicI64,
@@ -82,6 +141,16 @@ impl WorkerMetrics {
     pub fn connection_opened(&self) {
         bump(&self.connections_accepted);
         self.connections_open.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records how long `what` took.
+    pub fn time(&self, what: Timed, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let histogram = &self.latencies.0[what as usize];
+        let mut histogram = histogram
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        histogram.saturating_record(micros.clamp(1, LONGEST_US));
     }
 
     /// A connection was closed right after accept because a limit was reached.
@@ -289,6 +358,73 @@ impl Metrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((names, health));
     }
 
+    /// Every worker's histogram of `what`, merged.
+    fn merged(&self, what: Timed) -> Option<Histogram<u64>> {
+        let workers = self
+            .workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut merged: Option<Histogram<u64>> = None;
+        for worker in workers.iter() {
+            let histogram = worker.latencies.0[what as usize]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match &mut merged {
+                Some(total) => {
+                    let _ = total.add(&*histogram);
+                }
+                None => merged = Some(histogram.clone()),
+            }
+        }
+        merged
+    }
+
+    fn encode_latencies(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let merged: Vec<(Timed, Histogram<u64>)> = Timed::ALL
+            .iter()
+            .filter_map(|what| Some((*what, self.merged(*what)?)))
+            .collect();
+        let mut family = encoder.encode_descriptor(
+            "latency_seconds",
+            "Handshakes, token checks, backend connects and forwarded requests, by duration",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (what, histogram) in &merged {
+            let mut below = 0;
+            let mut buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .map(|bound| {
+                    let upto = histogram.count_between(0, (bound * 1e6) as u64);
+                    let bucket = (*bound, upto - below);
+                    below = upto;
+                    bucket
+                })
+                .collect();
+            buckets.push((f64::INFINITY, histogram.len() - below));
+            let sum = histogram.mean() * histogram.len() as f64 / 1e6;
+            let labels = [("operation", what.label())];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<NoLabelSet>(sum, histogram.len(), &buckets, None)?;
+        }
+        let mut quantiles = encoder.encode_descriptor(
+            "latency_quantile_seconds",
+            "Quantiles of the same durations, since the start",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (what, histogram) in &merged {
+            for quantile in QUANTILES {
+                let seconds = histogram.value_at_quantile(quantile) as f64 / 1e6;
+                let quantile = quantile.to_string();
+                let labels = [("operation", what.label()), ("quantile", quantile.as_str())];
+                ConstGauge::new(seconds).encode(quantiles.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
     fn encode_backends(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let backends = self
             .backends
@@ -463,6 +599,7 @@ impl Collector for Metrics {
         ConstCounter::new(forwarded).encode(metric)?;
 
         self.encode_backends(&mut encoder)?;
+        self.encode_latencies(&mut encoder)?;
 
         let access_log = self
             .access_log

@@ -451,9 +451,9 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic(driver: Driver) {
     );
     // Every family has its HELP and TYPE.
     for sample in &before.samples {
-        let family = sample
-            .metric
-            .strip_suffix("_total")
+        let family = ["_total", "_sum", "_count", "_bucket"]
+            .iter()
+            .find_map(|suffix| sample.metric.strip_suffix(suffix))
             .unwrap_or(&sample.metric);
         assert!(
             before.docs.contains_key(family) || before.docs.contains_key(&sample.metric),
@@ -488,6 +488,22 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic(driver: Driver) {
         value(&after, "srrrs_io_driver", Some(("driver", driver.flag()))),
         1.0
     );
+    // Latency histograms and their quantiles.
+    let text = gateway.metrics();
+    assert!(
+        text.contains("srrrs_latency_seconds_count{operation=\"request\"} 5\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("srrrs_latency_seconds_bucket{operation=\"handshake\",le=\"+Inf\"}"),
+        "{text}"
+    );
+    let p99 = value(
+        &after,
+        "srrrs_latency_quantile_seconds",
+        Some(("quantile", "0.99")),
+    );
+    assert!(p99 > 0.0 && p99 < 60.0, "{p99}");
 }
 
 /// The leaf certificate a fresh client (no session to resume) is shown.

@@ -59,6 +59,8 @@ pub struct PendingRequest {
     pub upgrade: bool,
     /// The connection ends after its response.
     pub close: bool,
+    /// When its head was complete.
+    pub received: Instant,
 }
 
 /// A wake-up from one direction to the other. Both run in one task, so a flag and the

@@ -28,7 +28,7 @@ use crate::config::{Balance, LimitsConfig};
 use crate::http::head::RequestHead;
 use crate::http::GatewayResponse;
 use crate::ingress::Ingress;
-use crate::metrics::{Shed, WorkerMetrics};
+use crate::metrics::{Shed, Timed, WorkerMetrics};
 use crate::tls::chain_cache::VerifiedChain;
 use crate::tls::stream::{self, HandshakeFacts, TlsReader, TlsSession, TlsWriter};
 use crate::tls::HandshakeRefusal;
@@ -288,10 +288,12 @@ async fn handshake(
     admit: impl AsyncFnOnce() -> bool,
 ) -> Option<TlsSession> {
     let limit = worker.limits.handshake_timeout;
+    let started = Instant::now();
     let accept = stream::accept(socket, &worker.ingress.tls, admit);
     let outcome = monoio::time::timeout(limit, accept).await;
     let failure = match outcome {
         Ok(Ok(session)) => {
+            worker.metrics.time(Timed::Handshake, started.elapsed());
             record_session(&session);
             worker
                 .metrics
@@ -420,7 +422,7 @@ async fn serve_first(
             requests::relay_requests(
                 reader,
                 backend_writer,
-                (head, user, entry),
+                (head, user, entry, received),
                 input,
                 client,
                 &exchange
@@ -460,12 +462,16 @@ async fn backend(worker: &Worker) -> Option<(usize, BackendReader, BackendWriter
             return Some(idle);
         }
     }
-    match worker
+    let started = Instant::now();
+    let connected = worker
         .ingress
         .upstream
         .connect(worker.preferred_backend())
-        .await
-    {
+        .await;
+    worker
+        .metrics
+        .time(Timed::BackendConnect, started.elapsed());
+    match connected {
         Ok((stream, backend)) => {
             debug!(backend, "forwarding");
             let (reader, writer) = stream.into_split();

@@ -19,6 +19,7 @@ use crate::http::head::{self, BodyFraming, RequestHead};
 use crate::http::rewrite::write_forwarded_head;
 use crate::http::{GatewayResponse, HttpError};
 use crate::ingress::Ingress;
+use crate::metrics::Timed;
 use crate::tls::stream::TlsReader;
 use crate::tls::ClientIdentity;
 use crate::upstream::BackendWriter;
@@ -204,6 +205,7 @@ pub async fn authorize(
             )));
         }
     };
+    let started = Instant::now();
     let values: Vec<&[u8]> = head.values("authorization").collect();
     let thumbprint = client.device.map(|device| device.thumbprint.as_str());
     let mut verdict = client
@@ -224,6 +226,10 @@ pub async fn authorize(
         }
     }
 
+    client
+        .worker
+        .metrics
+        .time(Timed::Authorization, started.elapsed());
     let refusal = match verdict {
         Verdict::Allowed(user) => {
             debug!(
@@ -282,7 +288,7 @@ pub fn identity_fields<'a>(
 pub async fn relay_requests(
     reader: &mut TlsReader,
     mut backend: BackendWriter,
-    first: Admitted,
+    first: Passed,
     mut input: Vec<u8>,
     client: &Client<'_>,
     exchange: &Exchange,
@@ -291,7 +297,7 @@ pub async fn relay_requests(
     let mut next = Some(first);
     let mut scratch = Vec::with_capacity(4096);
     loop {
-        let (head, user, entry) = match next.take() {
+        let (head, user, entry, received) = match next.take() {
             Some(request) => request,
             None => match next_request(reader, &mut input, client, exchange).await {
                 Some(request) => request,
@@ -310,6 +316,7 @@ pub async fn relay_requests(
                 is_head: head.method() == "HEAD",
                 upgrade: head.websocket_upgrade,
                 close: head.close,
+                received,
             },
             entry,
         );
@@ -357,9 +364,14 @@ pub async fn relay_requests(
     }
 }
 
-/// A request that passed: its head, its user (when tokens are checked) and its access
-/// log entry (when there is an access log).
-pub type Admitted = (RequestHead, Option<Rc<Authorized>>, Option<RequestEntry>);
+/// A request that passed: its head, its user (when tokens are checked), its access log
+/// entry (when there is an access log) and when its head was complete.
+pub type Passed = (
+    RequestHead,
+    Option<Rc<Authorized>>,
+    Option<RequestEntry>,
+    Instant,
+);
 
 /// Reads and checks the next request. `None` when there is none to forward: the
 /// exchange has been told why.
@@ -368,7 +380,7 @@ async fn next_request(
     input: &mut Vec<u8>,
     client: &Client<'_>,
     exchange: &Exchange,
-) -> Option<Admitted> {
+) -> Option<Passed> {
     let head = match read_head(
         reader,
         input,
@@ -399,7 +411,7 @@ async fn next_request(
     match authorize(&head, client).await {
         Ok(user) => {
             let entry = client.log_entry(&head, user.as_deref(), received);
-            Some((head, user, entry))
+            Some((head, user, entry, received))
         }
         Err(response) => {
             exchange.set_final_entry(client.log_entry(&head, None, received));

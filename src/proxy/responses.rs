@@ -8,6 +8,7 @@ use super::exchange::Exchange;
 use super::requests::Client;
 use crate::http::backend_response::{Boundary, ResponseTracker};
 use crate::http::GatewayResponse;
+use crate::metrics::Timed;
 use crate::tls::stream::TlsWriter;
 use crate::upstream::BackendReader;
 
@@ -160,6 +161,8 @@ fn pass_on(
             Some(Boundary::FinalHead { .. }) if front.upgrade => exchange.decide_upgrade(false),
             Some(Boundary::FinalHead { .. }) => {}
             Some(Boundary::Complete { status, close }) => {
+                let metrics = &client.worker.metrics;
+                metrics.time(Timed::Request, front.received.elapsed());
                 let entry = exchange.take_entry();
                 client.log_request(entry.as_ref(), status, state.response_bytes);
                 state.response_bytes = 0;
