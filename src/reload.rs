@@ -1,7 +1,8 @@
 //! Reloading what changes while the gateway runs: the server certificate and key (when
 //! either file changes, and on SIGHUP), CRLs (files when they change, URLs on their
 //! interval, everything on SIGHUP) and session ticket keys (the key file when it
-//! changes, or the in-memory key when its rotation is due). New state goes into force
+//! changes, or the in-memory key when its rotation is due). A local JWKS file is watched
+//! by its own fetcher thread; SIGHUP asks it to read the file (or fetch the URL) again. New state goes into force
 //! for new handshakes at once and for live connections at the workers' next sweep; a
 //! source that fails to load keeps what is in force and says why.
 
@@ -13,11 +14,12 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::pki_types::CertificateDer;
 use tracing::{info, warn};
 
+use crate::auth::key_store::KeyStore;
 use crate::tls::client_auth::DeviceVerifier;
 use crate::tls::revocation::{RevocationSet, RevocationSources};
 use crate::tls::tickets::TicketKeyRing;
+use crate::tls::ServerCertificate;
 use crate::tls::{describe_time, unix_now, TlsPolicy};
-use crate::tls::{FileStamp, ServerCertificate};
 
 /// How often the watched files are looked at.
 const POLL: Duration = Duration::from_secs(1);
@@ -33,7 +35,8 @@ pub fn request() {
 }
 
 /// Starts the reload thread for an ingress's TLS state.
-pub fn spawn(tls: &TlsPolicy) -> std::io::Result<()> {
+/// `keys`, when tokens are checked, is asked to fetch again on SIGHUP.
+pub fn spawn(tls: &TlsPolicy, keys: Option<Arc<KeyStore>>) -> std::io::Result<()> {
     let mut revocation = match (&tls.revocation, &tls.device) {
         (Some(sources), Some(device)) => Some(RevocationReloader::new(
             sources.clone(),
@@ -50,6 +53,9 @@ pub fn spawn(tls: &TlsPolicy) -> std::io::Result<()> {
             let asked = REQUESTED.swap(false, Ordering::AcqRel);
             if asked {
                 info!("reload requested");
+                if let Some(keys) = &keys {
+                    keys.request_fetch();
+                }
             }
             certificate.tick(asked);
             if let Some(reloader) = revocation.as_mut() {
@@ -154,6 +160,29 @@ impl RevocationReloader {
             }
             self.warned.push(key);
         }
+    }
+}
+
+/// A file's identity and times, compared to tell when it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    inode: u64,
+    size: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    /// The stamp of `path`, or `None` when it cannot be read.
+    pub fn of(path: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(Self {
+            inode: metadata.ino(),
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        })
     }
 }
 

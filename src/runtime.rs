@@ -213,7 +213,12 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             .start_refreshing()
             .map_err(|error| StartError::Runtime(error.to_string()))?;
     }
-    crate::reload::spawn(&settings.ingress.tls)
+    let keys = settings
+        .ingress
+        .auth
+        .as_ref()
+        .map(|auth| auth.keys().clone());
+    crate::reload::spawn(&settings.ingress.tls, keys)
         .map_err(|error| StartError::Runtime(error.to_string()))?;
     let access_log = match &settings.access_log {
         Some(config) => Some(AccessLog::start(config).map_err(|error| {

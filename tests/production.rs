@@ -28,6 +28,7 @@ on_both_drivers!(
     least_connections_sends_new_requests_past_a_busy_backend,
     a_later_head_arriving_slowly_within_its_timeout_is_not_cut_by_the_idle_timeout,
     an_exempt_path_needs_no_token_and_only_that_path,
+    a_changed_jwks_file_goes_into_force_without_a_restart,
 );
 
 /// The test mTLS config with `limits` (a YAML flow mapping) added.
@@ -952,4 +953,34 @@ fn an_exempt_path_needs_no_token_and_only_that_path(driver: Driver) {
         ],
         "what reached the backend"
     );
+}
+
+fn a_changed_jwks_file_goes_into_force_without_a_restart(driver: Driver) {
+    let pki = TestPki::new();
+    let (_backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let (old_idp, config) = with_tokens(&pki, port, backend_addr, "");
+    let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
+    let client = Client::new(&pki, Some(&pki.good));
+    let status = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        status_of(&client.get_with(gateway.addr, "/", &[("authorization", &bearer)]))
+    };
+    let old_token = old_idp.sign(&old_idp.claims("edge", "alice"));
+    assert_eq!(status(&old_token), 200);
+
+    // The IdP rotates its key: the old one leaves the file.
+    let new_idp = DevIdp::new("https://idp.test", "k2", KeyKind::EcdsaP256);
+    replace_file(&pki, "jwks.json", &new_idp.jwks());
+    assert!(
+        eventually(Duration::from_secs(5), || status(&old_token) == 401),
+        "a key removed from the JWKS file still verifies tokens"
+    );
+    assert_eq!(status(&new_idp.sign(&new_idp.claims("edge", "bob"))), 200);
+
+    // A file that does not parse keeps the keys in force.
+    replace_file(&pki, "jwks.json", "{not json");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(status(&new_idp.sign(&new_idp.claims("edge", "carol"))), 200);
+    assert!(gateway.log_text().contains("JWKS fetch failed"));
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
@@ -14,12 +14,16 @@ use tracing::{info, warn};
 use super::jwks::Jwks;
 use super::key_store::KeyStore;
 use crate::fetch::{Document, Fetcher};
+use crate::reload::FileStamp;
 
 /// The largest JWKS or discovery document accepted.
 pub const MAX_DOCUMENT: u64 = 1024 * 1024;
 
 /// How soon a failed fetch is tried again (or the refresh interval, if shorter).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
+
+/// How often a local JWKS file is looked at for changes.
+const FILE_POLL: Duration = Duration::from_secs(1);
 
 /// Where the keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,9 +88,26 @@ pub fn spawn(
                 }
             };
             store.fetch_finished();
-            store.wait_for_request(next);
+            match &source {
+                KeySource::File(path) => wait_for_change(path, &store, next),
+                _ => {
+                    store.wait_for_request(next);
+                }
+            }
         })?;
     Ok(())
+}
+
+/// Waits until a local JWKS file changes (looked at every second), a fetch is asked
+/// for, or `longest` passes.
+fn wait_for_change(path: &Path, store: &KeyStore, longest: Duration) {
+    let stamp = FileStamp::of(path);
+    let deadline = Instant::now() + longest;
+    while Instant::now() < deadline {
+        if store.wait_for_request(FILE_POLL) || FileStamp::of(path) != stamp {
+            return;
+        }
+    }
 }
 
 fn install(body: &[u8], settings: &FetchSettings, store: &KeyStore) -> Result<usize, String> {

@@ -104,13 +104,20 @@ impl KeyStore {
         true
     }
 
-    /// Blocks the fetcher until a fetch is asked for or `timeout` passes.
-    pub fn wait_for_request(&self, timeout: Duration) {
+    /// Asks for a fetch now (what SIGHUP does).
+    pub fn request_fetch(&self) {
+        *self.wake.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.wakeup.notify_one();
+    }
+
+    /// Blocks the fetcher until a fetch is asked for or `timeout` passes; says whether
+    /// one was asked for.
+    pub fn wait_for_request(&self, timeout: Duration) -> bool {
         let woken = self.wake.lock().unwrap_or_else(|p| p.into_inner());
         let (mut woken, _) = self
             .wakeup
             .wait_timeout_while(woken, timeout, |requested| !*requested)
             .unwrap_or_else(|p| p.into_inner());
-        *woken = false;
+        std::mem::replace(&mut *woken, false)
     }
 }

@@ -16,5 +16,5 @@ pub mod trust;
 
 pub use identity::ClientIdentity;
 pub use refusal::HandshakeRefusal;
-pub use server::{FileStamp, ServerCertificate, TlsPolicy, ALPN_HTTP11};
+pub use server::{ServerCertificate, TlsPolicy, ALPN_HTTP11};
 pub use trust::{describe_time, unix_now};

@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -24,29 +23,7 @@ use super::revocation::{RevocationSet, RevocationSources};
 use super::tickets::{TicketKeyRing, TicketKeySource, Ticketer};
 use super::trust::{self, describe_time, TrustStore};
 use crate::config::{ClientAuthMode, LoadedConfig, Problems, TlsVersion};
-
-/// A file's identity and times, compared to tell when it changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    inode: u64,
-    size: u64,
-    modified: Option<SystemTime>,
-    changed: (i64, i64),
-}
-
-impl FileStamp {
-    /// The stamp of `path`, or `None` when it cannot be read.
-    pub fn of(path: &std::path::Path) -> Option<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let metadata = std::fs::metadata(path).ok()?;
-        Some(Self {
-            inode: metadata.ino(),
-            size: metadata.len(),
-            modified: metadata.modified().ok(),
-            changed: (metadata.ctime(), metadata.ctime_nsec()),
-        })
-    }
-}
+use crate::reload::FileStamp;
 
 /// The ALPN protocol this gateway speaks.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
