@@ -23,7 +23,7 @@ use crate::upstream::health::BackendHealth;
 const REFUSAL_KINDS: usize = HandshakeRefusal::ALL.len();
 
 /// The statuses the gateway answers with itself.
-const GATEWAY_STATUSES: [u16; 6] = [400, 401, 403, 408, 431, 502];
+const GATEWAY_STATUSES: [u16; 8] = [400, 401, 403, 408, 431, 502, 503, 504];
 
 /// Why a connection was closed right after accept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

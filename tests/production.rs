@@ -29,6 +29,7 @@ on_both_drivers!(
     a_later_head_arriving_slowly_within_its_timeout_is_not_cut_by_the_idle_timeout,
     an_exempt_path_needs_no_token_and_only_that_path,
     a_changed_jwks_file_goes_into_force_without_a_restart,
+    a_silent_backend_gets_504_and_a_saturated_pool_503_with_retry_after,
 );
 
 /// The test mTLS config with `limits` (a YAML flow mapping) added.
@@ -983,4 +984,54 @@ fn a_changed_jwks_file_goes_into_force_without_a_restart(driver: Driver) {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(status(&new_idp.sign(&new_idp.claims("edge", "carol"))), 200);
     assert!(gateway.log_text().contains("JWKS fetch failed"));
+}
+
+fn a_silent_backend_gets_504_and_a_saturated_pool_503_with_retry_after(driver: Driver) {
+    let pki = TestPki::new();
+    let backend = SlowBackend::start(Duration::from_secs(4));
+    let upstream = "    keepalive_connections: 0
+    response_timeout: 1s
+    max_connections_per_worker: 1
+";
+    let port = free_port();
+    // One worker, so that its one backend connection is the whole pool.
+    let config = with_upstream(&pki, port, std::slice::from_ref(&backend.addr), upstream)
+        .replace("workers: 2", "workers: 1");
+    let gateway = Gateway::start(pki.dir.path(), &config, port, driver);
+    let client = Client::new(&pki, Some(&pki.good));
+
+    // A fast answer is unaffected.
+    assert_eq!(
+        status_of(&client.get(gateway.addr, "/fast").expect("served")),
+        200
+    );
+
+    // The backend sits on /slow past response_timeout: 504, after about a second.
+    let slow = std::thread::spawn({
+        let (client, addr) = (client.clone(), gateway.addr);
+        move || {
+            let started = Instant::now();
+            (client.get(addr, "/slow"), started.elapsed())
+        }
+    });
+    assert!(eventually(Duration::from_secs(3), || backend
+        .started
+        .load(Ordering::SeqCst)
+        == 1));
+    // Meanwhile the one backend connection is in use: the next request gets 503.
+    let busy = client.get(gateway.addr, "/fast").expect("answered");
+    assert_eq!(status_of(&busy), 503, "{busy}");
+    assert!(busy.contains("retry-after: 1\r\n"), "{busy}");
+
+    let (answer, took) = slow.join().expect("slow client");
+    let answer = answer.expect("answered");
+    assert_eq!(status_of(&answer), 504, "{answer}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // Once the pool is free again, requests are served.
+    assert!(eventually(Duration::from_secs(3), || client
+        .get(gateway.addr, "/fast")
+        .is_ok_and(|response| status_of(&response) == 200)));
 }

@@ -44,6 +44,10 @@ fn check_limits(config: &Config, problems: &mut Problems) {
         "ingress.upstream.connect_timeout",
         config.ingress.upstream.connect_timeout,
     );
+    positive(
+        "ingress.upstream.response_timeout",
+        config.ingress.upstream.response_timeout,
+    );
     let resumption = &config.ingress.session_resumption;
     positive(
         "ingress.session_resumption.ticket_lifetime",
@@ -75,6 +79,10 @@ fn check_limits(config: &Config, problems: &mut Problems) {
         (
             "limits.max_handshakes_per_worker",
             limits.max_handshakes_per_worker,
+        ),
+        (
+            "ingress.upstream.max_connections_per_worker",
+            config.ingress.upstream.max_connections_per_worker,
         ),
     ] {
         if value == 0 {

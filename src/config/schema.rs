@@ -585,6 +585,15 @@ pub struct UpstreamConfig {
     /// keep-alive timeout (nginx: 75s). Default `4s`.
     #[serde(default = "default_keepalive_timeout", with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// Backend connections in use per worker (all backends together); a request that
+    /// would need another gets 503 with `Retry-After: 1`. Default `10000`.
+    #[serde(default = "default_max_backend_connections")]
+    pub max_connections_per_worker: usize,
+    /// A backend that sends nothing for this long while a response is due (and has
+    /// read nothing from the gateway meanwhile) is given up on: 504 when no byte of the
+    /// response was passed on, else the connection closes. Default `60s`.
+    #[serde(default = "default_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
     /// How a backend is chosen for a new backend connection: `round_robin` or
     /// `least_connections` (the one this worker has the fewest exchanges open with).
     /// Default `round_robin`.
@@ -669,6 +678,14 @@ fn default_ejection_failures() -> u32 {
 
 fn default_ejection_duration() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_max_backend_connections() -> usize {
+    10_000
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_keepalive_connections() -> usize {

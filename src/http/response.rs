@@ -20,6 +20,8 @@ pub struct GatewayResponse {
     pub description: String,
     /// The `WWW-Authenticate` challenge, for 400/401/403 about tokens.
     pub challenge: Option<String>,
+    /// `Retry-After`, in seconds, for 503.
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -32,6 +34,26 @@ impl GatewayResponse {
     /// 502: no backend could be reached, or it broke the exchange.
     pub fn bad_gateway(description: impl Into<String>) -> Self {
         Self::plain(502, "bad_gateway", description.into())
+    }
+
+    /// 503: every backend connection this worker may open is in use.
+    pub fn backends_busy() -> Self {
+        let mut response = Self::plain(
+            503,
+            "service_unavailable",
+            "the backends are busy; try again shortly".into(),
+        );
+        response.retry_after = Some(1);
+        response
+    }
+
+    /// 504: the backend sent nothing for `limit` while a response was due.
+    pub fn gateway_timeout(limit: std::time::Duration) -> Self {
+        Self::plain(
+            504,
+            "gateway_timeout",
+            format!("the backend did not answer within {}s", limit.as_secs()),
+        )
     }
 
     /// 400, 408 or 431 for a request the HTTP layer refused.
@@ -84,6 +106,7 @@ impl GatewayResponse {
             error,
             description: description.into(),
             challenge: Some(challenge(error, description)),
+            retry_after: None,
         }
     }
 
@@ -93,6 +116,7 @@ impl GatewayResponse {
             error,
             description,
             challenge: None,
+            retry_after: None,
         }
     }
 
@@ -127,6 +151,9 @@ impl GatewayResponse {
         );
         if let Some(challenge) = &self.challenge {
             head.push_str(&format!("www-authenticate: {challenge}\r\n"));
+        }
+        if let Some(seconds) = self.retry_after {
+            head.push_str(&format!("retry-after: {seconds}\r\n"));
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();

@@ -112,6 +112,8 @@ pub struct Exchange {
     abort: Abort,
     wake: Abort,
     last_activity: Cell<Instant>,
+    backend_activity: Cell<Instant>,
+    awaiting_backend: Cell<bool>,
 }
 
 impl Exchange {
@@ -131,6 +133,8 @@ impl Exchange {
             abort: Abort::new(),
             wake: Abort::new(),
             last_activity: Cell::new(Instant::now()),
+            backend_activity: Cell::new(Instant::now()),
+            awaiting_backend: Cell::new(false),
         }
     }
 
@@ -293,6 +297,33 @@ impl Exchange {
     /// When bytes last moved.
     pub fn last_activity(&self) -> Instant {
         self.last_activity.get()
+    }
+
+    /// Notes that bytes moved to or from the backend.
+    pub fn backend_touch(&self) {
+        let now = Instant::now();
+        self.last_activity.set(now);
+        self.backend_activity.set(now);
+    }
+
+    /// When bytes last moved to or from the backend, or the gateway began waiting on
+    /// it.
+    pub fn backend_activity(&self) -> Instant {
+        self.backend_activity.get()
+    }
+
+    /// Notes whether the response side is waiting for the backend's bytes (rather than
+    /// for the client to take what it has).
+    pub fn set_awaiting_backend(&self, waiting: bool) {
+        if waiting {
+            self.backend_activity.set(Instant::now());
+        }
+        self.awaiting_backend.set(waiting);
+    }
+
+    /// Whether the gateway waits on the backend for a response that is due.
+    pub fn backend_owes_response(&self) -> bool {
+        self.awaiting_backend.get() && self.pending() > 0
     }
 }
 

@@ -405,6 +405,11 @@ async fn serve_first(
         }
     };
     let entry = client.log_entry(&head, user.as_deref(), received);
+    let in_use: usize = worker.backend_load.iter().map(std::cell::Cell::get).sum();
+    if in_use >= worker.ingress.upstream.max_connections_per_worker {
+        let response = GatewayResponse::backends_busy();
+        return refuse(reader, writer, client, &response, with_body, entry).await;
+    }
     let (backend, backend_reader, backend_writer) = match backend(worker).await {
         Some(connection) => connection,
         None => {
@@ -430,9 +435,10 @@ async fn serve_first(
             responses::relay_responses(backend_reader, writer, &exchange, client),
         )
     };
+    let response_timeout = worker.ingress.upstream.response_timeout;
     let ended = monoio::select! {
         ended = both => Some(ended),
-        _ = watchdog(&exchange, idle) => None,
+        _ = watchdog(&exchange, idle, response_timeout) => None,
     };
     load.set(load.get() - 1);
     // A backend connection left clean by this client serves the next one.
@@ -515,16 +521,33 @@ async fn linger(reader: &mut TlsReader) {
     let _ = monoio::time::timeout(LINGER, reader.discard_until_closed(abort.handle())).await;
 }
 
-/// Aborts the exchange once neither direction has moved a byte for `idle`, then waits
-/// for it to wind down.
-async fn watchdog(exchange: &Exchange, idle: Duration) {
+/// Aborts the exchange once neither direction has moved a byte for `idle`; gives up on
+/// the backend (504, or a close when part of the response has gone out) once it has
+/// been silent for `response_timeout` while a response is due. Then waits for the
+/// exchange to wind down.
+async fn watchdog(exchange: &Exchange, idle: Duration, response_timeout: Duration) {
     loop {
-        let deadline = exchange.last_activity() + idle;
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= exchange.last_activity() + idle {
             debug!(?idle, "idle timeout");
             exchange.abort();
             std::future::pending::<()>().await;
         }
-        monoio::time::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        let response_due = exchange.backend_activity() + response_timeout;
+        if exchange.backend_owes_response() && now >= response_due {
+            debug!(?response_timeout, "the backend did not answer in time");
+            exchange.poison(GatewayResponse::gateway_timeout(response_timeout));
+            std::future::pending::<()>().await;
+        }
+        // A request forwarded while this sleeps sets a backend deadline no earlier than
+        // `response_timeout` from now.
+        let mut next = (exchange.last_activity() + idle).min(now + response_timeout);
+        if exchange.backend_owes_response() {
+            next = next.min(response_due);
+        }
+        let pause = next
+            .saturating_duration_since(now)
+            .max(Duration::from_millis(10));
+        monoio::time::sleep(pause).await;
     }
 }

@@ -334,6 +334,7 @@ pub async fn relay_requests(
             exchange.abort();
             return None;
         }
+        exchange.backend_touch();
         match forward_body(reader, &mut backend, &mut input, head.framing, exchange).await {
             Ok(bytes) => exchange.add_bytes_in(bytes),
             Err(BodyFailure::Framing(error)) => {
@@ -456,6 +457,7 @@ async fn forward_body(
             send_prefix(backend, input, take, cancel)
                 .await
                 .map_err(|_| BodyFailure::Broken)?;
+            exchange.backend_touch();
         }
         let finished = match framing {
             BodyFraming::Chunked => chunked.is_done(),

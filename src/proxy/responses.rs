@@ -54,7 +54,10 @@ pub async fn relay_responses(
             return (clean && state.reusable()).then_some(backend);
         }
         input.clear();
+        // The backend's turn: the response timeout runs while this read waits.
+        exchange.set_awaiting_backend(true);
         let (result, returned) = backend.read(input, exchange.response_read_cancel()).await;
+        exchange.set_awaiting_backend(false);
         input = returned;
         let after = match result {
             Ok(0) => {
@@ -62,7 +65,7 @@ pub async fn relay_responses(
                 backend_closed(&state, exchange)
             }
             Ok(read) => {
-                exchange.touch();
+                exchange.backend_touch();
                 out.clear();
                 let after = pass_on(&input[..read], &mut state, &mut out, exchange, requester);
                 let sent = match after {

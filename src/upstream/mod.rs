@@ -109,6 +109,10 @@ pub struct BackendPool {
     pub keepalive_connections: usize,
     /// How long an idle connection is kept.
     pub keepalive_timeout: Duration,
+    /// Backend connections in use per worker.
+    pub max_connections_per_worker: usize,
+    /// How long a backend may stay silent while a response is due.
+    pub response_timeout: Duration,
 }
 
 /// No backend of the pool accepted a connection.
@@ -147,6 +151,8 @@ impl BackendPool {
             connect_timeout: upstream.connect_timeout,
             keepalive_connections: upstream.keepalive_connections,
             keepalive_timeout: upstream.keepalive_timeout,
+            max_connections_per_worker: upstream.max_connections_per_worker,
+            response_timeout: upstream.response_timeout,
         })
     }
 

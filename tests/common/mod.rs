@@ -168,11 +168,23 @@ pub fn start_mtls(driver: Driver) -> (TestPki, EchoBackend, Gateway) {
 }
 
 /// A port nothing listens on right now.
+///
+/// Chosen at random below the kernel's ephemeral range (32768 and up on Linux), so that
+/// the outgoing connections of tests running in parallel cannot take it between this
+/// call and the gateway's bind, as a port the kernel handed out could be.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::hash::{BuildHasher, RandomState};
+    let state = RandomState::new();
+    for attempt in 0u32..1000 {
+        let port = 10_000 + (state.hash_one(attempt) % 22_000) as u16;
+        let free_v4 = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let free_v6 = TcpListener::bind(("::1", port))
+            .map_or_else(|error| error.kind() != io::ErrorKind::AddrInUse, |_| true);
+        if free_v4 && free_v6 {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// The echo backend on a fresh loopback port.
