@@ -4,6 +4,7 @@
 //! reopened on SIGHUP, after log rotation has moved it. Tokens and keys are never
 //! logged: only the token's `sub` and `iss`.
 
+use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
@@ -68,21 +69,44 @@ pub struct ConnectionFacts<'a> {
     pub device: Option<(&'a str, &'a str)>,
 }
 
+/// `value` with every character that could end a line or disguise the text around it
+/// (control characters, Unicode line separators, bidirectional overrides) written as a
+/// `\u{…}` escape.
+fn clean(value: &str) -> Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !value.chars().any(hidden) {
+        return Cow::Borrowed(value);
+    }
+    let mut cleaned = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match hidden(c) {
+            true => cleaned.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            false => cleaned.push(c),
+        }
+    }
+    Cow::Owned(cleaned)
+}
+
 #[derive(Serialize)]
 struct RequestLine<'a> {
     time: String,
     event: &'static str,
     client: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sni: Option<&'a str>,
+    sni: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    cert_subject: Option<&'a str>,
+    cert_subject: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cert_sha256: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sub: Option<&'a str>,
+    sub: Option<Cow<'a, str>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    iss: Option<&'a str>,
+    iss: Option<Cow<'a, str>>,
     method: &'a str,
     path: &'a str,
     status: u16,
@@ -98,7 +122,7 @@ struct RefusalLine<'a> {
     event: &'static str,
     client: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    sni: Option<&'a str>,
+    sni: Option<Cow<'a, str>>,
     reason: &'a str,
 }
 
@@ -142,11 +166,11 @@ impl AccessLog {
             time: now(),
             event: "request",
             client: connection.client.to_string(),
-            sni: connection.sni,
-            cert_subject: connection.device.map(|(subject, _)| subject),
+            sni: connection.sni.map(clean),
+            cert_subject: connection.device.map(|(subject, _)| clean(subject)),
             cert_sha256: connection.device.map(|(_, fingerprint)| fingerprint),
-            sub,
-            iss,
+            sub: sub.map(clean),
+            iss: iss.map(clean),
             method: &entry.method,
             path: &entry.path,
             status,
@@ -168,7 +192,7 @@ impl AccessLog {
             time: now(),
             event: "refused",
             client: client.to_string(),
-            sni,
+            sni: sni.map(clean),
             reason,
         };
         let text = match self.format {
@@ -244,11 +268,11 @@ impl Text {
 impl RequestLine<'_> {
     fn text(&self) -> String {
         let mut text = Text::new(&self.time, self.event, &self.client);
-        text.optional("sni", self.sni);
-        text.optional("cert_subject", self.cert_subject);
+        text.optional("sni", self.sni.as_deref());
+        text.optional("cert_subject", self.cert_subject.as_deref());
         text.optional("cert_sha256", self.cert_sha256);
-        text.optional("sub", self.sub);
-        text.optional("iss", self.iss);
+        text.optional("sub", self.sub.as_deref());
+        text.optional("iss", self.iss.as_deref());
         text.field("method", self.method);
         text.field("path", self.path);
         text.number("status", self.status);
@@ -263,7 +287,7 @@ impl RequestLine<'_> {
 impl RefusalLine<'_> {
     fn text(&self) -> String {
         let mut text = Text::new(&self.time, self.event, &self.client);
-        text.optional("sni", self.sni);
+        text.optional("sni", self.sni.as_deref());
         text.field("reason", self.reason);
         text.0
     }
@@ -341,14 +365,14 @@ mod tests {
             time: "2026-12-03T00:00:00.000Z".into(),
             event: "refused",
             client: "127.0.0.1:1".into(),
-            sni: Some("a b\nreason=fake"),
+            sni: Some(clean("a b\nreason=fake\u{2028}x")),
             reason: "certificate_revoked",
         };
         let text = line.text();
         assert_eq!(
             text,
             "2026-12-03T00:00:00.000Z event=refused client=127.0.0.1:1 \
-             sni=\"a b\\nreason=fake\" reason=certificate_revoked"
+             sni=\"a b\\\\u{a}reason=fake\\\\u{2028}x\" reason=certificate_revoked"
         );
         assert_eq!(text.lines().count(), 1);
     }

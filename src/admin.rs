@@ -56,10 +56,10 @@ impl Readiness {
 const MAX_HEAD: usize = 8 * 1024;
 
 /// Time allowed for a whole admin request head, and for each write of the answer.
-const REQUEST_TIME: Duration = Duration::from_secs(2);
+const REQUEST_TIME: Duration = Duration::from_millis(500);
 
 /// Admin requests served at once; more are closed at once.
-const MAX_CONCURRENT: usize = 16;
+const MAX_CONCURRENT: usize = 64;
 
 /// Binds `addr` and serves admin requests on a thread of its own.
 pub fn start(

@@ -2,10 +2,11 @@
 //! ingress's own. The longest matching prefix decides.
 //!
 //! A rule is only as good as the path it is matched against: a backend that resolves
-//! `/public/../admin`, `/public/%2e%2e/admin` or `/public/..;/admin` to `/admin` would
-//! serve a protected path under a public rule. So while rules exist, a path whose
-//! meaning a backend could change (dot segments, encoded dots, slashes or backslashes,
-//! doubled slashes) is refused with 400 rather than matched.
+//! `/public/../admin`, `/public/%2e%2e/admin`, `/public/..;/admin` or `/%61dmin` to
+//! `/admin` would serve a protected path under the wrong rule. So while rules exist the
+//! path is matched as a backend would read it (escapes decoded once), and a path that
+//! could be read more than one way (dot segments, escaped separators, double encoding,
+//! `;`, bytes that are not printable ASCII, doubled slashes) is refused with 400.
 
 use serde_json::Value;
 
@@ -53,9 +54,11 @@ impl PathRules {
         let mut rules = Vec::with_capacity(configs.len());
         for (index, config) in configs.iter().enumerate() {
             let field = |name: &str| format!("[{index}].{name}");
-            if !config.prefix.starts_with('/') || !is_canonical(&config.prefix) {
-                let problem = "must start with / and hold no dot segments, %-escapes of \
-                               . / or \\, backslashes or doubled slashes";
+            if !config.prefix.starts_with('/')
+                || normalized(&config.prefix).as_deref() != Some(&config.prefix)
+            {
+                let problem = "must start with / and hold only printable ASCII, no %-escapes, \
+                               ';', dot segments, backslashes or doubled slashes";
                 return Err((field("prefix"), problem.to_owned()));
             }
             if config.public && !config.required_claims.is_empty() {
@@ -97,14 +100,12 @@ impl PathRules {
         if self.rules.is_empty() {
             return Ok(PathDecision::Default);
         }
-        let path = target.split(['?', '#']).next().unwrap_or(target);
-        if !is_canonical(path) {
-            return Err("the path holds dot segments, escaped separators or doubled slashes");
-        }
-        let matched = self
-            .rules
-            .iter()
-            .position(|rule| covers(&rule.prefix, path));
+        let raw = target.split(['?', '#']).next().unwrap_or(target);
+        let path = normalized(raw).ok_or(
+            "the path holds dot segments, escaped separators, ';', doubled slashes or bytes \
+             that are not printable ASCII",
+        )?;
+        let matched = self.rules.iter().position(|rule| rule.covers(&path));
         Ok(match matched {
             None => PathDecision::Default,
             Some(index) if self.rules[index].public => PathDecision::Public,
@@ -127,31 +128,60 @@ impl PathRules {
     }
 }
 
-/// Whether `prefix` covers `path`: the same, or `path` continues below it.
-fn covers(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
-        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
-        None => false,
+impl PathRule {
+    /// Whether this rule covers `path` (already normalized). A public rule covers
+    /// narrowly: its prefix exactly, as written, at a segment boundary (`/docs` covers
+    /// `/docs` and `/docs/a`, not `/docsx`). A claims rule covers broadly: any path
+    /// that starts with its prefix in any case (`/admin` also covers `/adminx` and
+    /// `/ADMIN`), as a backend matching prefixes the way nginx does, or ignoring case,
+    /// would. Either way a mismatch with the backend errs toward asking for more.
+    fn covers(&self, path: &str) -> bool {
+        if self.public {
+            return match path.strip_prefix(self.prefix.as_str()) {
+                Some(rest) => {
+                    rest.is_empty() || self.prefix.ends_with('/') || rest.starts_with('/')
+                }
+                None => false,
+            };
+        }
+        path.len() >= self.prefix.len()
+            && path.as_bytes()[..self.prefix.len()].eq_ignore_ascii_case(self.prefix.as_bytes())
     }
 }
 
-/// A path no backend can read as another: no dot segments (also with `;` parameters,
-/// which some servers strip), no escaped `.`, `/` or `\`, no backslash, no `//`.
-fn is_canonical(path: &str) -> bool {
-    if path.contains("//") || path.contains('\\') {
-        return false;
+/// The path as a backend would read it, every `%XX` decoded once; `None` when it could
+/// be read in more than one way: an escaped `/` or `\`, an escape left after decoding
+/// (double encoding), a malformed escape, `;` (path parameters, which some servers
+/// strip), `?` or `#` once decoded, a backslash, a byte that is not printable ASCII, a
+/// doubled slash, or a dot segment.
+fn normalized(raw: &str) -> Option<String> {
+    let lower = raw.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return None;
     }
-    let lower = path.to_ascii_lowercase();
-    if ["%2e", "%2f", "%5c", "%00"]
-        .iter()
-        .any(|escape| lower.contains(escape))
-    {
-        return false;
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut rest = raw.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        if byte == b'%' {
+            let hex = tail.get(..2)?;
+            let text = std::str::from_utf8(hex).ok()?;
+            bytes.push(u8::from_str_radix(text, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(byte);
+            rest = tail;
+        }
     }
-    path.split('/').all(|segment| {
-        let name = segment.split(';').next().unwrap_or(segment);
-        name != "." && name != ".."
-    })
+    let ambiguous =
+        |b: &u8| !(0x21..=0x7e).contains(b) || matches!(b, b'%' | b';' | b'?' | b'#' | b'\\');
+    if bytes.iter().any(ambiguous) {
+        return None;
+    }
+    let path = String::from_utf8(bytes).ok()?;
+    let dot_segment = path
+        .split('/')
+        .any(|segment| segment == "." || segment == "..");
+    (!path.contains("//") && !dot_segment).then_some(path)
 }
 
 #[cfg(test)]
@@ -200,20 +230,47 @@ mod tests {
 
     #[test]
     fn paths_a_backend_could_read_differently_are_refused() {
-        let rules = rules(&[("/public", true, "")]);
+        let rules = rules(&[("/public", true, ""), ("/admin", false, "staff")]);
         for path in [
             "/public/../admin",
             "/public/..;/admin",
+            "/public/..%3b/admin",
             "/public/%2e%2e/admin",
             "/public/%2E%2E/admin",
+            "/public/%252e%252e/admin",
+            "/public/%c0%ae%c0%ae/admin",
             "/public%2f..%2fadmin",
             "/public//admin",
             "/public\\..\\admin",
             "/public/./x",
+            "/admin;x/y",
+            "/admin%20/x",
+            "/admin%3f/x",
+            "/public/%zz",
         ] {
             assert!(rules.decide(path).is_err(), "{path}");
         }
         assert_eq!(rules.decide("/public/a.b/..c"), Ok(PathDecision::Public));
+        // Escapes of plain characters, case and what follows the prefix do not dodge a
+        // claims rule.
+        for path in [
+            "/%61dmin/x",
+            "/admi%6e",
+            "/ADMIN/x",
+            "/Admin",
+            "/adminx",
+            "/admin./x",
+        ] {
+            assert!(
+                matches!(rules.decide(path), Ok(PathDecision::Claims(_))),
+                "{path}"
+            );
+        }
+        // A public rule is narrow: exact case, at a segment boundary.
+        for path in ["/PUBLIC", "/publicity", "/Public/x"] {
+            assert_eq!(rules.decide(path), Ok(PathDecision::Default), "{path}");
+        }
+        assert_eq!(rules.decide("/%70ublic/x"), Ok(PathDecision::Public));
     }
 
     #[test]

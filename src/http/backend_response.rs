@@ -66,6 +66,7 @@ pub fn parse(input: &[u8], to_head: bool) -> Result<Option<ResponseHead>, HttpEr
     let mut lengths = Vec::new();
     let mut chunked = None;
     let mut close = minor_version == 0;
+    let mut websocket = false;
     for header in response.headers.iter() {
         let value = String::from_utf8_lossy(header.value).to_ascii_lowercase();
         if header.name.eq_ignore_ascii_case("content-length") {
@@ -78,6 +79,8 @@ pub fn parse(input: &[u8], to_head: bool) -> Result<Option<ResponseHead>, HttpEr
                 .trim()
                 .to_owned();
             chunked = Some(last == "chunked");
+        } else if header.name.eq_ignore_ascii_case("upgrade") {
+            websocket |= value.split(',').any(|token| token.trim() == "websocket");
         } else if header.name.eq_ignore_ascii_case("connection") {
             let tokens: Vec<&str> = value.split(',').map(str::trim).collect();
             close |= tokens.contains(&"close");
@@ -88,7 +91,14 @@ pub fn parse(input: &[u8], to_head: bool) -> Result<Option<ResponseHead>, HttpEr
     }
 
     let framing = match (status, chunked) {
-        (101, _) => ResponseFraming::Switching,
+        // RFC 9110 §15.2.2: a 101 names the protocol switched to; only WebSocket is
+        // ever asked for, and only a 101 that switches to it turns into a tunnel.
+        (101, _) if websocket => ResponseFraming::Switching,
+        (101, _) => {
+            return Err(HttpError::Malformed(
+                "a 101 response that does not switch to WebSocket",
+            ))
+        }
         (100..=199 | 204 | 304, _) => ResponseFraming::Empty,
         _ if to_head => ResponseFraming::Empty,
         (_, Some(true)) => ResponseFraming::Chunked,
@@ -332,9 +342,18 @@ mod tests {
             ResponseFraming::UntilClose
         );
         assert_eq!(
-            framing_of("HTTP/1.1 101 Switching Protocols\r\n\r\n", false),
+            framing_of(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n\r\n",
+                false
+            ),
             ResponseFraming::Switching
         );
+        assert!(parse(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
+        assert!(parse(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+            false
+        )
+        .is_err());
         assert!(parse(b"HTTP/1.1 100 Continue\r\n\r\n", false)
             .unwrap()
             .unwrap()

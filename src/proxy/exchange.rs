@@ -114,6 +114,7 @@ pub struct Exchange {
     last_activity: Cell<Instant>,
     backend_activity: Cell<Instant>,
     awaiting_backend: Cell<bool>,
+    body_in_flight: Cell<bool>,
 }
 
 impl Exchange {
@@ -135,6 +136,7 @@ impl Exchange {
             last_activity: Cell::new(Instant::now()),
             backend_activity: Cell::new(Instant::now()),
             awaiting_backend: Cell::new(false),
+            body_in_flight: Cell::new(false),
         }
     }
 
@@ -321,9 +323,19 @@ impl Exchange {
         self.awaiting_backend.set(waiting);
     }
 
-    /// Whether the gateway waits on the backend for a response that is due.
+    /// Notes whether a request body is still being forwarded: until it is whole, the
+    /// gateway may be waiting on the client, not the backend.
+    pub fn set_body_in_flight(&self, in_flight: bool) {
+        self.body_in_flight.set(in_flight);
+        if !in_flight {
+            self.backend_activity.set(Instant::now());
+        }
+    }
+
+    /// Whether the gateway waits on the backend for a response that is due: a request
+    /// forwarded whole, and the response side waiting for the backend's bytes.
     pub fn backend_owes_response(&self) -> bool {
-        self.awaiting_backend.get() && self.pending() > 0
+        self.awaiting_backend.get() && !self.body_in_flight.get() && self.pending() > 0
     }
 }
 

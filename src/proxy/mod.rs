@@ -418,8 +418,9 @@ async fn serve_first(
         }
     };
 
-    let load = &worker.backend_load[backend];
-    load.set(load.get() + 1);
+    // Released however this ends, the connection's future dropped included (a
+    // revocation closes the connection from outside).
+    let in_use = InUse::take(&worker.backend_load[backend]);
     let idle = worker.limits.idle_timeout;
     let exchange = Exchange::new();
     let both = async {
@@ -440,7 +441,7 @@ async fn serve_first(
         ended = both => Some(ended),
         _ = watchdog(&exchange, idle, response_timeout) => None,
     };
-    load.set(load.get() - 1);
+    drop(in_use);
     // A backend connection left clean by this client serves the next one.
     if let Some((Some(backend_writer), Some(backend_reader))) = ended {
         worker
@@ -454,6 +455,22 @@ async fn serve_first(
     }
     if exchange.gave_final_response() {
         linger(reader).await;
+    }
+}
+
+/// One exchange counted against a backend on this worker, until dropped.
+struct InUse<'a>(&'a std::cell::Cell<usize>);
+
+impl<'a> InUse<'a> {
+    fn take(count: &'a std::cell::Cell<usize>) -> Self {
+        count.set(count.get() + 1);
+        Self(count)
+    }
+}
+
+impl Drop for InUse<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }
 

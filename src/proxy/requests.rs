@@ -192,11 +192,13 @@ pub async fn authorize(
         return Ok(None);
     };
     let rule = match authorizer.decide_path(head.target()) {
-        Ok(PathDecision::Public) => {
+        // A WebSocket tunnel carries whatever follows unchecked: it needs a token even
+        // on a public path.
+        Ok(PathDecision::Public) if !head.websocket_upgrade => {
             debug!(path = head.target(), "public path: no token asked for");
             return Ok(None);
         }
-        Ok(PathDecision::Default) => None,
+        Ok(PathDecision::Public | PathDecision::Default) => None,
         Ok(PathDecision::Claims(rule)) => Some(rule),
         Err(reason) => {
             debug!(reason, "path refused");
@@ -335,7 +337,10 @@ pub async fn relay_requests(
             return None;
         }
         exchange.backend_touch();
-        match forward_body(reader, &mut backend, &mut input, head.framing, exchange).await {
+        exchange.set_body_in_flight(true);
+        let body = forward_body(reader, &mut backend, &mut input, head.framing, exchange).await;
+        exchange.set_body_in_flight(false);
+        match body {
             Ok(bytes) => exchange.add_bytes_in(bytes),
             Err(BodyFailure::Framing(error)) => {
                 debug!(?error, "request body framing broke; closing");

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, warn};
 
@@ -88,70 +88,92 @@ fn now_ms() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// Starts the thread that checks every backend each `config.interval`.
+/// Starts one thread per backend that checks it each `config.interval`, so that a
+/// backend that answers slowly delays no other backend's checks.
 pub fn spawn_checks(
     backends: Vec<Backend>,
     health: Arc<[BackendHealth]>,
     config: HealthCheckConfig,
 ) -> std::io::Result<()> {
-    thread::Builder::new()
-        .name("edge-health".into())
-        .spawn(move || {
-            // Consecutive results against the thresholds: positive passes, negative fails.
-            let mut streaks = vec![0i64; backends.len()];
-            loop {
-                for (index, backend) in backends.iter().enumerate() {
-                    let passed = check(backend, &config);
-                    let streak = &mut streaks[index];
-                    *streak = match (passed, *streak) {
-                        (true, s) if s > 0 => s + 1,
-                        (true, _) => 1,
-                        (false, s) if s < 0 => s - 1,
-                        (false, _) => -1,
-                    };
-                    let state = &health[index];
-                    if state.is_up() && -*streak >= i64::from(config.unhealthy_threshold) {
-                        warn!(backend = %backend, "backend failed its health checks; marked down");
-                        state.set_up(false);
-                    } else if !state.is_up() && *streak >= i64::from(config.healthy_threshold) {
-                        info!(backend = %backend, "backend passes its health checks again; marked up");
-                        state.set_up(true);
-                    }
-                }
-                thread::sleep(config.interval);
-            }
-        })?;
+    for (index, backend) in backends.into_iter().enumerate() {
+        let (health, config) = (health.clone(), config.clone());
+        thread::Builder::new()
+            .name("edge-health".into())
+            .spawn(move || watch(&backend, &health[index], &config))?;
+    }
     Ok(())
 }
 
-/// One check: a connect within the timeout, and with `http_path` a `GET` answered with
-/// a 2xx or 3xx status.
+/// Checks one backend forever, marking it down and up as its checks fail and pass.
+fn watch(backend: &Backend, state: &BackendHealth, config: &HealthCheckConfig) {
+    // Consecutive results against the thresholds: positive passes, negative fails.
+    let mut streak = 0i64;
+    loop {
+        let passed = check(backend, config);
+        streak = match (passed, streak) {
+            (true, s) if s > 0 => s + 1,
+            (true, _) => 1,
+            (false, s) if s < 0 => s - 1,
+            (false, _) => -1,
+        };
+        if state.is_up() && -streak >= i64::from(config.unhealthy_threshold) {
+            warn!(backend = %backend, "backend failed its health checks; marked down");
+            state.set_up(false);
+        } else if !state.is_up() && streak >= i64::from(config.healthy_threshold) {
+            info!(backend = %backend, "backend passes its health checks again; marked up");
+            state.set_up(true);
+        }
+        thread::sleep(config.interval);
+    }
+}
+
+/// One check, all of it within `config.timeout`: a connect, and with `http_path` a
+/// `GET` answered with a 2xx or 3xx status.
 fn check(backend: &Backend, config: &HealthCheckConfig) -> bool {
-    let timeout = config.timeout;
+    let deadline = Instant::now() + config.timeout;
     match &backend.address {
         BackendAddress::Tcp(addrs) => addrs.iter().any(|addr| {
-            TcpStream::connect_timeout(addr, timeout).is_ok_and(|stream| {
-                let _ = stream.set_read_timeout(Some(timeout));
-                let _ = stream.set_write_timeout(Some(timeout));
-                http_check(stream, backend, config)
-            })
+            let left = deadline.saturating_duration_since(Instant::now());
+            !left.is_zero()
+                && TcpStream::connect_timeout(addr, left)
+                    .is_ok_and(|stream| http_check(stream, backend, config, deadline))
         }),
-        BackendAddress::Unix(path) => UnixStream::connect(path).is_ok_and(|stream| {
-            let _ = stream.set_read_timeout(Some(timeout));
-            let _ = stream.set_write_timeout(Some(timeout));
-            http_check(stream, backend, config)
-        }),
+        // A Unix socket connect does not wait on the network; the deadline bounds the
+        // exchange that follows.
+        BackendAddress::Unix(path) => UnixStream::connect(path)
+            .is_ok_and(|stream| http_check(stream, backend, config, deadline)),
+    }
+}
+
+/// A socket whose read and write timeouts can be set.
+trait Timed: Read + Write {
+    fn limit(&self, left: Duration) -> std::io::Result<()>;
+}
+
+impl Timed for TcpStream {
+    fn limit(&self, left: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(left))?;
+        self.set_write_timeout(Some(left))
+    }
+}
+
+impl Timed for UnixStream {
+    fn limit(&self, left: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(left))?;
+        self.set_write_timeout(Some(left))
     }
 }
 
 fn http_check(
-    mut stream: impl Read + Write,
+    mut stream: impl Timed,
     backend: &Backend,
     config: &HealthCheckConfig,
+    deadline: Instant,
 ) -> bool {
     let Some(path) = &config.http_path else {
         return true;
     };
+    let left = || deadline.saturating_duration_since(Instant::now());
     let host = backend
         .name
         .strip_prefix("unix:")
@@ -160,12 +182,19 @@ fn http_check(
         "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: srrrs-edge-health-check\r\n\
          connection: close\r\n\r\n"
     );
-    if stream.write_all(request.as_bytes()).is_err() {
+    if stream.limit(left().max(Duration::from_millis(1))).is_err()
+        || stream.write_all(request.as_bytes()).is_err()
+    {
         return false;
     }
     let mut head = [0u8; 64];
     let mut read = 0;
+    // The status line within the deadline, however it trickles in.
     while read < 12 {
+        let remaining = left();
+        if remaining.is_zero() || stream.limit(remaining).is_err() {
+            return false;
+        }
         match stream.read(&mut head[read..]) {
             Ok(0) | Err(_) => return false,
             Ok(more) => read += more,
@@ -177,8 +206,6 @@ fn http_check(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[test]
