@@ -215,10 +215,13 @@ fn sigterm_lets_a_slow_request_finish_closes_idle_connections_and_refuses_new_on
         let (client, addr) = (client.clone(), gateway.addr);
         move || client.get(addr, "/slow")
     });
+    // And one on a kept-alive connection, which should learn the connection closes.
+    let mut kept = client.connect(gateway.addr).expect("handshake");
+    send_request(&mut kept, "/slow-kept", &[]).expect("send");
     assert!(eventually(Duration::from_secs(5), || backend
         .started
         .load(Ordering::SeqCst)
-        == 1));
+        == 2));
     let terminated = Instant::now();
     gateway.terminate();
 
@@ -244,6 +247,12 @@ fn sigterm_lets_a_slow_request_finish_closes_idle_connections_and_refuses_new_on
     let response = in_flight.join().expect("client").expect("response");
     assert_eq!(status_of(&response), 200, "{response}");
     assert!(response.ends_with("done\n"), "{response}");
+    let last = read_one_response(&mut kept);
+    assert_eq!(status_of(&last), 200, "{last}");
+    assert!(last.contains("connection: close\r\n"), "{last}");
+    let mut after = Vec::new();
+    let _ = kept.read_to_end(&mut after);
+    assert!(after.is_empty(), "{after:?}");
     let status = gateway.wait_exit(Duration::from_secs(10)).expect("exited");
     assert!(status.success(), "{status}");
     assert!(terminated.elapsed() < Duration::from_secs(10));

@@ -115,6 +115,7 @@ pub struct Exchange {
     backend_activity: Cell<Instant>,
     awaiting_backend: Cell<bool>,
     body_in_flight: Cell<bool>,
+    closing: Cell<bool>,
 }
 
 impl Exchange {
@@ -137,6 +138,7 @@ impl Exchange {
             backend_activity: Cell::new(Instant::now()),
             awaiting_backend: Cell::new(false),
             body_in_flight: Cell::new(false),
+            closing: Cell::new(false),
         }
     }
 
@@ -321,6 +323,17 @@ impl Exchange {
             self.backend_activity.set(Instant::now());
         }
         self.awaiting_backend.set(waiting);
+    }
+
+    /// The response in progress told the client the connection closes after it: no
+    /// further request is forwarded.
+    pub fn close_after_current(&self) {
+        self.closing.set(true);
+    }
+
+    /// Whether [`Self::close_after_current`] has run.
+    pub fn is_closing(&self) -> bool {
+        self.closing.get()
     }
 
     /// Notes whether a request body is still being forwarded: until it is whole, the

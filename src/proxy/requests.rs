@@ -312,6 +312,12 @@ pub async fn relay_requests(
         if exchange.is_aborted() {
             return None;
         }
+        if exchange.is_closing() {
+            // The client was told the connection closes (a drain): this request, sent
+            // before it heard, is not forwarded, and it will retry elsewhere.
+            exchange.finish_requests(None);
+            return Some(backend);
+        }
 
         exchange.forwarded(
             PendingRequest {

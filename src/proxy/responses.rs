@@ -4,7 +4,7 @@
 
 use tracing::debug;
 
-use super::exchange::Exchange;
+use super::exchange::{Exchange, PendingRequest};
 use super::requests::Client;
 use crate::http::backend_response::{Boundary, ResponseTracker};
 use crate::http::GatewayResponse;
@@ -158,6 +158,13 @@ fn pass_on(
             }
         };
         input = &input[used..];
+        let final_head = matches!(
+            boundary,
+            Some(Boundary::FinalHead { .. } | Boundary::Complete { .. })
+        );
+        if let (Some(start), true) = (untouched, final_head) {
+            announce_close_when_draining(out, start, &front, exchange, client);
+        }
         state.response_bytes += (out.len() - before) as u64;
         match boundary {
             None | Some(Boundary::Interim) => {}
@@ -178,7 +185,7 @@ fn pass_on(
                     // Requests already forwarded will not be answered.
                     return After::Close;
                 }
-                if close || front.close {
+                if close || front.close || exchange.is_closing() {
                     return After::Finish;
                 }
             }
@@ -197,6 +204,28 @@ fn pass_on(
         }
     }
     After::Continue
+}
+
+/// While the worker drains, the response to the last request forwarded tells the client
+/// the connection closes after it (RFC 9112 §9.6), so that it sends nothing more here.
+/// `head_start` is where the response's head begins in `out`, which ends with it.
+fn announce_close_when_draining(
+    out: &mut Vec<u8>,
+    head_start: usize,
+    front: &PendingRequest,
+    exchange: &Exchange,
+    client: &Client<'_>,
+) {
+    let draining = client.worker.draining.is_raised();
+    if !draining || front.close || front.upgrade || exchange.pending() != 1 {
+        return;
+    }
+    if !out[head_start..].ends_with(b"\r\n\r\n") {
+        return;
+    }
+    let at = out.len() - 2;
+    out.splice(at..at, b"connection: close\r\n".iter().copied());
+    exchange.close_after_current();
 }
 
 /// A response the backend broke: answered with 502 if none of it has been passed on
