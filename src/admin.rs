@@ -9,21 +9,19 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use tracing::debug;
 
-use crate::auth::key_store::KeyStore;
+use crate::ingress::IngressSet;
 use crate::metrics::Metrics;
 use crate::proxy::drain::DrainSwitch;
-use crate::tls::revocation::RevocationSources;
 
 /// What `/readyz` looks at.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Readiness {
-    /// The IdP's keys, when tokens are checked: ready once a key set is loaded.
-    pub keys: Option<Arc<KeyStore>>,
-    /// CRL sources, when a certificate without a known revocation status is refused:
-    /// ready once every CRL URL has a good copy.
-    pub required_crls: Option<Arc<RevocationSources>>,
+    /// The ingresses in force: ready once each has what it needs (see
+    /// [`Ingress::not_ready`](crate::ingress::Ingress::not_ready)).
+    pub ingresses: Arc<ArcSwap<IngressSet>>,
     /// Not ready once draining has started, so that load balancers move away.
     pub drain: Arc<DrainSwitch>,
 }
@@ -35,15 +33,8 @@ impl Readiness {
         if self.drain.is_turned() {
             missing.push("draining".to_owned());
         }
-        if let Some(keys) = &self.keys {
-            if keys.snapshot().loaded_at.is_none() {
-                missing.push("the IdP's keys (JWKS) are not loaded yet".to_owned());
-            }
-        }
-        if let Some(sources) = &self.required_crls {
-            for url in sources.urls_without_copy() {
-                missing.push(format!("no CRL fetched yet from {url}"));
-            }
+        for ingress in self.ingresses.load().all() {
+            missing.extend(ingress.not_ready());
         }
         match missing.is_empty() {
             true => Ok(()),

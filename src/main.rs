@@ -149,12 +149,16 @@ fn check(path: &Path) -> Result<(), String> {
     let loaded = config::load(path).map_err(|e| e.to_string())?;
     let settings = Settings::build(&loaded).map_err(|e| e.to_string())?;
     let mut warnings = settings.warnings.clone();
-    if let Some(authorizer) = &settings.ingress.auth {
+    for ingress in settings.ingresses.all() {
+        let Some(authorizer) = &ingress.auth else {
+            continue;
+        };
         if let Err(error) = authorizer.fetch_keys_now() {
             warnings.push(format!(
-                "{}: the IdP's keys could not be loaded now ({error}); until they are, every \
-                 request is refused",
-                path.display()
+                "{}: {}: the IdP's keys could not be loaded now ({error}); until they are, \
+                 every request to it is refused",
+                path.display(),
+                ingress.hostname
             ));
         }
     }

@@ -1,6 +1,7 @@
 //! Counters kept per worker and summed only when scraped, so that the hot path touches
 //! no cache line another core writes. Exposition is prometheus-client's.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,8 +16,9 @@ use prometheus_client::registry::Registry;
 
 use crate::access_log::AccessLog;
 use crate::auth::AuthRefusal;
+use crate::ingress::{Ingress, IngressSet};
 use crate::tls::client_auth::DeviceVerifier;
-use crate::tls::tickets::Ticketer;
+use crate::tls::tickets::{TicketCounts, Ticketer};
 use crate::tls::HandshakeRefusal;
 use crate::upstream::health::BackendHealth;
 
@@ -104,16 +106,37 @@ const BUCKETS: [f64; 16] = [
 /// Quantiles exported as gauges.
 const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
-/// One worker's latency histograms (microseconds, two significant digits). Only the
-/// worker and a scrape lock them.
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LONGEST_US, 2).expect("histogram bounds")
+}
+
+/// One worker's latency histograms as a scrape reads them (microseconds, two
+/// significant digits), fed once a second from the worker's [`LatencyRecorder`].
 #[derive(Debug)]
 struct Latencies([Mutex<Histogram<u64>>; 4]);
 
 impl Default for Latencies {
     fn default() -> Self {
-        Self(std::array::from_fn(|_| {
-            Mutex::new(Histogram::new_with_bounds(1, LONGEST_US, 2).expect("histogram bounds"))
-        }))
+        Self(std::array::from_fn(|_| Mutex::new(new_histogram())))
+    }
+}
+
+/// Where a worker records latencies as they happen: its own, so that a request takes no
+/// lock; [`WorkerMetrics::absorb`] moves them to where a scrape reads them.
+#[derive(Debug)]
+pub struct LatencyRecorder(RefCell<[Histogram<u64>; 4]>);
+
+impl Default for LatencyRecorder {
+    fn default() -> Self {
+        Self(RefCell::new(std::array::from_fn(|_| new_histogram())))
+    }
+}
+
+impl LatencyRecorder {
+    /// Records how long `what` took.
+    pub fn time(&self, what: Timed, took: std::time::Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.0.borrow_mut()[what as usize].saturating_record(micros.clamp(1, LONGEST_US));
     }
 }
 
@@ -143,14 +166,19 @@ impl WorkerMetrics {
         self.connections_open.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Records how long `what` took.
-    pub fn time(&self, what: Timed, took: std::time::Duration) {
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let histogram = &self.latencies.0[what as usize];
-        let mut histogram = histogram
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        histogram.saturating_record(micros.clamp(1, LONGEST_US));
+    /// Moves what `recorder` holds into the histograms a scrape reads.
+    pub fn absorb(&self, recorder: &LatencyRecorder) {
+        let mut recorded = recorder.0.borrow_mut();
+        for (shared, local) in self.latencies.0.iter().zip(recorded.iter_mut()) {
+            if local.is_empty() {
+                continue;
+            }
+            let mut shared = shared
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let _ = shared.add(&*local);
+            local.reset();
+        }
     }
 
     /// A connection was closed right after accept because a limit was reached.
@@ -230,21 +258,8 @@ fn read(counter: &AtomicU64) -> u64 {
 pub struct Metrics {
     workers: Mutex<Vec<Arc<WorkerMetrics>>>,
     io_driver: Mutex<String>,
-    tls: Mutex<Option<TlsCounters>>,
+    ingresses: Mutex<Option<Arc<IngressSet>>>,
     access_log: Mutex<Option<Arc<AccessLog>>>,
-    backends: Mutex<Option<Backends>>,
-}
-
-/// The backends' names and shared health, read when scraped.
-type Backends = (Vec<String>, Arc<[BackendHealth]>);
-
-/// The TLS state shared by all workers, read when scraped.
-#[derive(Debug, Clone)]
-pub struct TlsCounters {
-    /// The device verifier (chain cache, revocation epoch).
-    pub device: Option<Arc<DeviceVerifier>>,
-    /// The ticketer.
-    pub tickets: Option<Arc<Ticketer>>,
 }
 
 impl Metrics {
@@ -258,31 +273,50 @@ impl Metrics {
         worker
     }
 
-    /// Gives the exposition the TLS state to read.
-    pub fn set_tls_counters(&self, counters: TlsCounters) {
+    /// Gives the exposition the ingresses in force, whose TLS state and backends it
+    /// reads when scraped. Counters of ingresses replaced by a reload start again from
+    /// zero, which Prometheus reads as a counter reset.
+    pub fn set_ingresses(&self, ingresses: &Arc<IngressSet>) {
         *self
-            .tls
+            .ingresses
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(counters);
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(ingresses.clone());
     }
 
-    fn encode_tls_state(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let state = self
-            .tls
+    fn ingresses(&self) -> Vec<Arc<Ingress>> {
+        let set = self
+            .ingresses
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        let Some(state) = state else { return Ok(()) };
+        set.map(|set| set.all().to_vec()).unwrap_or_default()
+    }
+
+    fn encode_tls_state(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ingresses = self.ingresses();
+        let devices: Vec<&DeviceVerifier> = (ingresses.iter())
+            .filter_map(|ingress| ingress.tls.device.as_deref())
+            .collect();
+        let tickets: Vec<&Ticketer> = (ingresses.iter())
+            .filter_map(|ingress| ingress.tls.tickets.as_deref())
+            .collect();
+        let total = |count: &dyn Fn(&DeviceVerifier) -> u64| devices.iter().map(|d| count(d)).sum();
+        let ticket_total = |pick: fn(&TicketCounts) -> &AtomicU64| -> u64 {
+            (tickets.iter())
+                .map(|ticketer| pick(&ticketer.counts).load(Ordering::Relaxed))
+                .sum()
+        };
         let mut counters: Vec<(&str, &str, &str, u64)> = Vec::new();
-        if let Some(device) = &state.device {
-            let (hits, misses) = device.cache().counts();
+        if !devices.is_empty() {
+            let hits = total(&|device| device.cache().counts().0);
+            let misses = total(&|device| device.cache().counts().1);
             counters.push(("chain_cache_lookups", "result", "hit", hits));
             counters.push(("chain_cache_lookups", "result", "miss", misses));
             counters.push((
                 "revocation_refusals",
                 "stage",
                 "verification",
-                device.revocation_refusals(),
+                total(&DeviceVerifier::revocation_refusals),
             ));
         }
         counters.push((
@@ -291,26 +325,13 @@ impl Metrics {
             "live_connection",
             self.sum(|w| read(&w.live_revoked)),
         ));
-        if let Some(tickets) = &state.tickets {
-            let counts = &tickets.counts;
-            counters.push((
-                "session_tickets",
-                "event",
-                "issued",
-                counts.issued.load(Ordering::Relaxed),
-            ));
-            counters.push((
-                "session_tickets",
-                "event",
-                "opened",
-                counts.opened.load(Ordering::Relaxed),
-            ));
-            counters.push((
-                "session_tickets",
-                "event",
-                "declined",
-                counts.declined.load(Ordering::Relaxed),
-            ));
+        if !tickets.is_empty() {
+            let issued = ticket_total(|counts| &counts.issued);
+            let opened = ticket_total(|counts| &counts.opened);
+            let declined = ticket_total(|counts| &counts.declined);
+            counters.push(("session_tickets", "event", "issued", issued));
+            counters.push(("session_tickets", "event", "opened", opened));
+            counters.push(("session_tickets", "event", "declined", declined));
         }
         let help = |name: &str| match name {
             "chain_cache_lookups" => {
@@ -330,14 +351,20 @@ impl Metrics {
                 at += 1;
             }
         }
-        if let Some(device) = &state.device {
-            let metric = encoder.encode_descriptor(
+        if !devices.is_empty() {
+            let mut metric = encoder.encode_descriptor(
                 "revocation_epoch",
-                "The revocation epoch in force",
+                "The revocation epoch in force, by ingress",
                 None,
                 MetricType::Gauge,
             )?;
-            ConstGauge::new(device.epoch() as i64).encode(metric)?;
+            for ingress in &ingresses {
+                if let Some(device) = &ingress.tls.device {
+                    let labels = [("ingress", ingress.hostname.as_str())];
+                    ConstGauge::new(device.epoch() as i64)
+                        .encode(metric.encode_family(&labels)?)?;
+                }
+            }
         }
         Ok(())
     }
@@ -348,14 +375,6 @@ impl Metrics {
             .access_log
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(log);
-    }
-
-    /// Gives the exposition the backends' health.
-    pub fn set_backends(&self, names: Vec<String>, health: Arc<[BackendHealth]>) {
-        *self
-            .backends
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((names, health));
     }
 
     /// Every worker's histogram of `what`, merged.
@@ -426,23 +445,25 @@ impl Metrics {
     }
 
     fn encode_backends(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let backends = self
-            .backends
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        let Some((names, health)) = backends else {
-            return Ok(());
-        };
+        let ingresses = self.ingresses();
+        let backends: Vec<(&str, String, &BackendHealth)> = (ingresses.iter())
+            .flat_map(|ingress| {
+                let upstream = &ingress.upstream;
+                let names = upstream.backends().iter().map(|b| b.name.clone());
+                (names.zip(upstream.health().iter()))
+                    .map(|(name, health)| (ingress.hostname.as_str(), name, health))
+            })
+            .collect();
         let mut up = encoder.encode_descriptor(
             "backend_up",
             "1 when a backend gets new connections: its health checks pass and it is not ejected",
             None,
             MetricType::Gauge,
         )?;
-        for (name, state) in names.iter().zip(health.iter()) {
+        for (ingress, name, state) in &backends {
+            let labels = [("backend", name.as_str()), ("ingress", *ingress)];
             let value = i64::from(state.is_available());
-            ConstGauge::new(value).encode(up.encode_family(&[("backend", name.as_str())])?)?;
+            ConstGauge::new(value).encode(up.encode_family(&labels)?)?;
         }
         let mut ejections = encoder.encode_descriptor(
             "backend_ejections",
@@ -450,9 +471,9 @@ impl Metrics {
             None,
             MetricType::Counter,
         )?;
-        for (name, state) in names.iter().zip(health.iter()) {
-            ConstCounter::new(state.ejections())
-                .encode(ejections.encode_family(&[("backend", name.as_str())])?)?;
+        for (ingress, name, state) in &backends {
+            let labels = [("backend", name.as_str()), ("ingress", *ingress)];
+            ConstCounter::new(state.ejections()).encode(ejections.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -1,20 +1,30 @@
 //! Reloading what changes while the gateway runs: the server certificate and key (when
 //! either file changes, and on SIGHUP), CRLs (files when they change, URLs on their
 //! interval, everything on SIGHUP) and session ticket keys (the key file when it
-//! changes, or the in-memory key when its rotation is due). A local JWKS file is watched
-//! by its own fetcher thread; SIGHUP asks it to read the file (or fetch the URL) again. New state goes into force
-//! for new handshakes at once and for live connections at the workers' next sweep; a
-//! source that fails to load keeps what is in force and says why.
+//! changes, or the in-memory key when its rotation is due), each ingress's on a thread of
+//! its own. A local JWKS file is watched by its own fetcher thread; SIGHUP asks it to
+//! read the file (or fetch the URL) again. New state goes into force for new handshakes
+//! at once and for live connections at the workers' next sweep; a source that fails to
+//! load keeps what is in force and says why.
+//!
+//! The configuration file and the client CA bundles are watched by [`ConfigWatch`]: a
+//! change rebuilds every ingress and swaps the new set in. The threads of a replaced
+//! ingress stop once its last connection has ended ([`Lifetime`]).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::CertificateDer;
 use tracing::{info, warn};
 
 use crate::auth::key_store::KeyStore;
+use crate::ingress::IngressSet;
+use crate::metrics::Metrics;
+use crate::runtime::{RestartOnly, Settings};
 use crate::tls::client_auth::DeviceVerifier;
 use crate::tls::revocation::{RevocationSet, RevocationSources};
 use crate::tls::tickets::TicketKeyRing;
@@ -27,16 +37,45 @@ const POLL: Duration = Duration::from_secs(1);
 /// How far ahead a CRL's expiry is warned about.
 const EXPIRY_WARNING: i64 = 3600;
 
-static REQUESTED: AtomicBool = AtomicBool::new(false);
+/// How many reloads have been asked for; each reload thread compares it with the last
+/// count it acted on.
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// Asks for everything to be reloaded now (what SIGHUP does).
 pub fn request() {
-    REQUESTED.store(true, Ordering::Release);
+    REQUESTS.fetch_add(1, Ordering::AcqRel);
 }
 
-/// Starts the reload thread for an ingress's TLS state.
+/// Ended once the ingress whose state a background thread keeps fresh is gone (replaced
+/// by a configuration reload, and its last connection closed), so that the thread stops.
+#[derive(Debug, Clone, Default)]
+pub struct Lifetime(Arc<AtomicBool>);
+
+impl Lifetime {
+    /// Whether the owner is gone.
+    pub fn is_over(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Tells the threads holding this that their owner is gone.
+    pub fn end(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Whether a reload was asked for since `seen` was last updated.
+pub fn requested_since(seen: &mut u64) -> bool {
+    let now = REQUESTS.load(Ordering::Acquire);
+    std::mem::replace(seen, now) != now
+}
+
+/// Starts the reload thread for an ingress's TLS state, until `lifetime` ends.
 /// `keys`, when tokens are checked, is asked to fetch again on SIGHUP.
-pub fn spawn(tls: &TlsPolicy, keys: Option<Arc<KeyStore>>) -> std::io::Result<()> {
+pub fn spawn(
+    tls: &TlsPolicy,
+    keys: Option<Arc<KeyStore>>,
+    lifetime: Lifetime,
+) -> std::io::Result<()> {
     let mut revocation = match (&tls.revocation, &tls.device) {
         (Some(sources), Some(device)) => Some(RevocationReloader::new(
             sources.clone(),
@@ -47,10 +86,14 @@ pub fn spawn(tls: &TlsPolicy, keys: Option<Arc<KeyStore>>) -> std::io::Result<()
     };
     let mut tickets = tls.ticket_keys.clone().map(TicketReloader::new);
     let mut certificate = CertificateReloader::new(tls.server_certificate.clone());
+    let mut seen = REQUESTS.load(Ordering::Acquire);
     thread::Builder::new()
         .name("edge-reload".into())
         .spawn(move || loop {
-            let asked = REQUESTED.swap(false, Ordering::AcqRel);
+            if lifetime.is_over() {
+                return;
+            }
+            let asked = requested_since(&mut seen);
             if asked {
                 info!("reload requested");
                 if let Some(keys) = &keys {
@@ -186,21 +229,52 @@ impl FileStamp {
     }
 }
 
+/// Tells when files watched by their stamps are due to be read again: when asked, or
+/// once they have changed and then held still for a look, so that a file still being
+/// written is not read.
+struct Settle<T> {
+    seen: T,
+    settling: Option<T>,
+}
+
+impl<T: PartialEq + Clone> Settle<T> {
+    fn new(seen: T) -> Self {
+        Self {
+            seen,
+            settling: None,
+        }
+    }
+
+    /// Whether to read now, given the stamps `now`; when it says yes, `now` is taken as
+    /// read.
+    fn due(&mut self, now: T, asked: bool) -> bool {
+        if !asked {
+            if now == self.seen {
+                self.settling = None;
+                return false;
+            }
+            if self.settling.as_ref() != Some(&now) {
+                self.settling = Some(now);
+                return false;
+            }
+        }
+        self.settling = None;
+        self.seen = now;
+        true
+    }
+}
+
 struct CertificateReloader {
     certificate: Arc<ServerCertificate>,
-    stamps: [Option<FileStamp>; 2],
-    /// Stamps seen changed at the last look; the files are read once they hold still
-    /// for a look, so that a file still being written is not served.
-    settling: Option<[Option<FileStamp>; 2]>,
+    stamps: Settle<[Option<FileStamp>; 2]>,
 }
 
 impl CertificateReloader {
     fn new(certificate: Arc<ServerCertificate>) -> Self {
-        let stamps = certificate.file_stamps();
+        let stamps = Settle::new(certificate.file_stamps());
         Self {
             certificate,
             stamps,
-            settling: None,
         }
     }
 
@@ -208,25 +282,130 @@ impl CertificateReloader {
     /// A certificate and key replaced one after the other fail to match in between; the
     /// pair in force stays until both are in place.
     fn tick(&mut self, asked: bool) {
-        let stamps = self.certificate.file_stamps();
-        if !asked {
-            if stamps == self.stamps {
-                self.settling = None;
-                return;
-            }
-            if self.settling != Some(stamps) {
-                self.settling = Some(stamps);
-                return;
-            }
+        if !self.stamps.due(self.certificate.file_stamps(), asked) {
+            return;
         }
-        self.settling = None;
-        self.stamps = stamps;
         match self.certificate.reload() {
             Ok(()) => info!("server certificate reloaded; new handshakes present it"),
             Err(error) => {
                 warn!(%error, "server certificate reload failed; the certificate in force stays")
             }
         }
+    }
+}
+
+/// Rebuilds every ingress from the configuration file when it or a client CA bundle
+/// changes (and held still for a look), or on SIGHUP after such a change or a failed
+/// attempt. The new ingresses are built and checked in full first; a file with any
+/// problem keeps the ingresses in force and logs every problem. Once swapped in, new
+/// connections use the new ingresses, and connections of the old ones close after the
+/// request in flight, as in a drain.
+pub struct ConfigWatch {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// The files whose change means a rebuild.
+    pub watched: Vec<PathBuf>,
+    /// The settings in force that only a restart changes.
+    pub restart_only: RestartOnly,
+    /// Where the ingresses in force are published.
+    pub shared: Arc<ArcSwap<IngressSet>>,
+    /// The exposition, told of the new ingresses.
+    pub metrics: Arc<Metrics>,
+}
+
+impl ConfigWatch {
+    /// Starts the watching thread.
+    pub fn spawn(self) -> std::io::Result<()> {
+        thread::Builder::new()
+            .name("edge-config".into())
+            .spawn(move || self.run())?;
+        Ok(())
+    }
+
+    fn stamps(&self) -> Vec<Option<FileStamp>> {
+        self.watched
+            .iter()
+            .map(|file| FileStamp::of(file))
+            .collect()
+    }
+
+    /// Digests of the watched files' contents: a file written again with the same bytes
+    /// (as configuration tools do) is no change.
+    fn digests(&self) -> Vec<Option<Vec<u8>>> {
+        let digest = |bytes: Vec<u8>| {
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+            digest.as_ref().to_vec()
+        };
+        (self.watched.iter())
+            .map(|file| std::fs::read(file).ok().map(digest))
+            .collect()
+    }
+
+    fn run(mut self) {
+        let mut seen = REQUESTS.load(Ordering::Acquire);
+        let mut stamps = Settle::new(self.stamps());
+        let mut built = self.digests();
+        let mut failed = false;
+        loop {
+            thread::sleep(POLL);
+            // SIGHUP rebuilds only after a change or a failed attempt: the parts that
+            // change on their own (certificates, CRLs, keys) have their own reloaders, and
+            // a rebuild starts the caches afresh.
+            let asked = requested_since(&mut seen);
+            let now = self.stamps();
+            let retry = asked && (failed || now != stamps.seen);
+            if !stamps.due(now, retry) {
+                continue;
+            }
+            let digests = self.digests();
+            if digests == built && !(asked && failed) {
+                continue;
+            }
+            built = digests;
+            match self.rebuild() {
+                Ok(()) => {
+                    failed = false;
+                    stamps = Settle::new(self.stamps());
+                    built = self.digests();
+                }
+                Err(error) => {
+                    failed = true;
+                    warn!("configuration reload failed; the ingresses in force stay: {error}");
+                }
+            }
+        }
+    }
+
+    fn rebuild(&mut self) -> Result<(), String> {
+        let loaded = crate::config::load(&self.file).map_err(|error| error.to_string())?;
+        let settings = Settings::build(&loaded).map_err(|error| error.to_string())?;
+        for warning in &settings.warnings {
+            warn!("{warning}");
+        }
+        let changed = self.restart_only.changed_in(&settings.restart_only);
+        if !changed.is_empty() {
+            warn!(
+                sections = ?changed,
+                "these settings change only at a restart; the values in force stay"
+            );
+        }
+        // Should a start fail, dropping the new set stops what had started.
+        for ingress in settings.ingresses.all() {
+            ingress.start().map_err(|error| error.to_string())?;
+        }
+        let ingresses = Arc::new(settings.ingresses);
+        self.shared.store(ingresses.clone());
+        self.metrics.set_ingresses(&ingresses);
+        self.watched = settings.watched;
+        let names: Vec<&str> = (ingresses.all().iter())
+            .map(|ingress| ingress.hostname.as_str())
+            .collect();
+        info!(
+            ingresses = ?names,
+            "configuration reloaded; new connections use it, and open ones close after \
+             their request in flight"
+        );
+        Ok(())
     }
 }
 

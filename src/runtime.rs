@@ -4,12 +4,14 @@
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use monoio::time::TimeDriver;
 use monoio::{IoUringDriver, LegacyDriver, Runtime, RuntimeBuilder};
 use tracing::{info, warn};
@@ -17,12 +19,15 @@ use tracing::{info, warn};
 use crate::access_log::AccessLog;
 use crate::admin::Readiness;
 use crate::config::{self, ConfigError, IoDriverChoice, LimitsConfig, LoadedConfig};
-use crate::ingress::Ingress;
-use crate::metrics::{Metrics, TlsCounters};
+use crate::ingress::IngressSet;
+use crate::metrics::Metrics;
 use crate::proxy::admission::SourceCounts;
 use crate::proxy::drain::DrainSwitch;
 use crate::proxy::{self, Worker};
 use crate::{admin, socket};
+
+/// How often a worker's latencies are moved to where a scrape reads them.
+const LATENCY_FLUSH: Duration = Duration::from_secs(1);
 
 /// How often a drain looks at the open connections.
 const DRAIN_POLL: Duration = Duration::from_millis(20);
@@ -47,10 +52,55 @@ pub struct Settings {
     pub admin: Option<SocketAddr>,
     /// The access log, when one is configured.
     pub access_log: Option<config::AccessLogConfig>,
-    /// The ingress served.
-    pub ingress: Ingress,
+    /// The ingresses served.
+    pub ingresses: IngressSet,
     /// Settings that work but are probably not what was meant, as `file:line: field: why`.
     pub warnings: Vec<String>,
+    /// The configuration file, reloaded when it changes.
+    pub file: PathBuf,
+    /// The files whose change reloads the whole configuration: the file itself and the
+    /// client CA bundles (certificates, keys, CRLs, ticket keys and JWKS files have
+    /// reloaders of their own).
+    pub watched: Vec<PathBuf>,
+    /// What the file says about the settings only a restart changes.
+    pub restart_only: RestartOnly,
+}
+
+/// The settings a reload leaves as they are, since they shape the listeners, the
+/// workers and the logs: a change to one of them takes a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartOnly {
+    listen: Vec<String>,
+    runtime: config::RuntimeConfig,
+    limits: LimitsConfig,
+    admin: Option<config::AdminConfig>,
+    access_log: Option<config::AccessLogConfig>,
+}
+
+impl RestartOnly {
+    fn of(config: &config::Config) -> Self {
+        Self {
+            listen: config.listen.clone(),
+            runtime: config.runtime.clone(),
+            limits: config.limits.clone(),
+            admin: config.admin.clone(),
+            access_log: config.access_log.clone(),
+        }
+    }
+
+    /// The sections that differ in `other`.
+    pub fn changed_in(&self, other: &Self) -> Vec<&'static str> {
+        let sections = [
+            ("listen", self.listen == other.listen),
+            ("runtime", self.runtime == other.runtime),
+            ("limits", self.limits == other.limits),
+            ("admin", self.admin == other.admin),
+            ("access_log", self.access_log == other.access_log),
+        ];
+        (sections.into_iter())
+            .filter_map(|(name, same)| (!same).then_some(name))
+            .collect()
+    }
 }
 
 impl Settings {
@@ -87,10 +137,10 @@ impl Settings {
                     None
                 }
             });
-        let ingress = Ingress::build(loaded, &mut problems);
+        let ingresses = IngressSet::build(loaded, &mut problems);
 
-        match ingress {
-            Some(ingress) if problems.is_empty() => Ok(Self {
+        match ingresses {
+            Some(ingresses) if problems.is_empty() => Ok(Self {
                 warnings: problems.warnings(),
                 listen,
                 workers: config.runtime.workers,
@@ -99,11 +149,32 @@ impl Settings {
                 limits: config.limits.clone(),
                 admin,
                 access_log: config.access_log.clone(),
-                ingress,
+                ingresses,
+                file: loaded.path.clone(),
+                watched: watched_files(loaded),
+                restart_only: RestartOnly::of(config),
             }),
             _ => Err(problems.into_error()),
         }
     }
+}
+
+/// The configuration file and every client CA bundle it names.
+fn watched_files(loaded: &LoadedConfig) -> Vec<PathBuf> {
+    let mut files = vec![loaded.path.clone()];
+    for (_, source) in loaded.ingress_sources() {
+        let policy = &source.ingress.transport_security;
+        if policy.mode != config::ClientAuthMode::Tls {
+            files.extend(
+                policy
+                    .client_ca_cert
+                    .as_slice()
+                    .iter()
+                    .map(|file| source.resolve(file)),
+            );
+        }
+    }
+    files
 }
 
 /// The I/O driver a worker ended up on.
@@ -192,14 +263,14 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     let workers = worker_count(settings.workers);
     let (per_worker, listen) = bind_all(&settings.listen, workers)?;
     let metrics = Arc::new(Metrics::default());
-    metrics.set_tls_counters(TlsCounters {
-        device: settings.ingress.tls.device.clone(),
-        tickets: settings.ingress.tls.tickets.clone(),
-    });
     let drain = Arc::new(DrainSwitch::default());
+    let shared = Arc::new(ArcSwap::from_pointee(settings.ingresses));
     let admin = match settings.admin {
         Some(addr) => {
-            let readiness = readiness(&settings.ingress, &drain);
+            let readiness = Readiness {
+                ingresses: shared.clone(),
+                drain: drain.clone(),
+            };
             Some(
                 admin::start(addr, metrics.clone(), readiness)
                     .map_err(|error| StartError::Bind { addr, error })?,
@@ -207,19 +278,6 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         }
         None => None,
     };
-
-    if let Some(authorizer) = &settings.ingress.auth {
-        authorizer
-            .start_refreshing()
-            .map_err(|error| StartError::Runtime(error.to_string()))?;
-    }
-    let keys = settings
-        .ingress
-        .auth
-        .as_ref()
-        .map(|auth| auth.keys().clone());
-    crate::reload::spawn(&settings.ingress.tls, keys)
-        .map_err(|error| StartError::Runtime(error.to_string()))?;
     let access_log = match &settings.access_log {
         Some(config) => Some(AccessLog::start(config).map_err(|error| {
             StartError::Runtime(format!("access log {}: {error}", config.path))
@@ -229,13 +287,23 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
     if let Some(log) = &access_log {
         metrics.set_access_log(log.clone());
     }
-    let upstream = &settings.ingress.upstream;
-    let names = upstream.backends().iter().map(|b| b.name.clone()).collect();
-    metrics.set_backends(names, upstream.shared_health());
-    upstream
-        .start_checks()
+    let ingresses = shared.load_full();
+    for ingress in ingresses.all() {
+        ingress
+            .start()
+            .map_err(|error| StartError::Runtime(error.to_string()))?;
+    }
+    metrics.set_ingresses(&ingresses);
+    let watch = crate::reload::ConfigWatch {
+        file: settings.file,
+        watched: settings.watched,
+        restart_only: settings.restart_only,
+        shared: shared.clone(),
+        metrics: metrics.clone(),
+    };
+    watch
+        .spawn()
         .map_err(|error| StartError::Runtime(error.to_string()))?;
-    let ingress = Arc::new(settings.ingress);
     let sources = SourceCounts::new(settings.limits.max_connections_per_source);
     let cpus = if settings.pin_workers {
         core_affinity::get_core_ids().unwrap_or_default()
@@ -249,7 +317,7 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
             listeners,
             cpu: (!cpus.is_empty()).then(|| cpus[index % cpus.len()]),
             driver: settings.io_driver,
-            worker: (ingress.clone(), settings.limits.clone(), metrics.clone()),
+            worker: (shared.clone(), settings.limits.clone(), metrics.clone()),
             sources: sources.clone(),
             access_log: access_log.clone(),
             drain: drain.clone(),
@@ -264,7 +332,7 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
 
     let io_driver = collect_drivers(reports, workers)?;
     metrics.set_io_driver(io_driver.name());
-    log_startup(&listen, workers, io_driver, admin, &ingress);
+    log_startup(&listen, workers, io_driver, admin, &ingresses);
     Ok(RunningGateway {
         listen,
         admin,
@@ -273,19 +341,6 @@ pub fn start(settings: Settings) -> Result<RunningGateway, StartError> {
         drain,
         drain_timeout: settings.limits.drain_timeout,
     })
-}
-
-fn readiness(ingress: &Ingress, drain: &Arc<DrainSwitch>) -> Readiness {
-    let crls_required = ingress
-        .tls
-        .device
-        .as_ref()
-        .is_some_and(|device| device.requires_known_revocation());
-    Readiness {
-        keys: ingress.auth.as_ref().map(|auth| auth.keys().clone()),
-        required_crls: ingress.tls.revocation.clone().filter(|_| crls_required),
-        drain: drain.clone(),
-    }
 }
 
 fn worker_count(configured: usize) -> usize {
@@ -326,7 +381,7 @@ struct WorkerPlan {
     listeners: Vec<TcpListener>,
     cpu: Option<core_affinity::CoreId>,
     driver: IoDriverChoice,
-    worker: (Arc<Ingress>, LimitsConfig, Arc<Metrics>),
+    worker: (Arc<ArcSwap<IngressSet>>, LimitsConfig, Arc<Metrics>),
     sources: Option<Arc<SourceCounts>>,
     access_log: Option<Arc<AccessLog>>,
     drain: Arc<DrainSwitch>,
@@ -356,10 +411,10 @@ fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
             return;
         }
     };
-    let (ingress, limits, metrics) = plan.worker;
+    let (ingresses, limits, metrics) = plan.worker;
     let worker = Rc::new(Worker::new(
         plan.index,
-        ingress,
+        ingresses,
         limits,
         metrics.register_worker(),
         plan.sources,
@@ -428,14 +483,21 @@ async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>, drain:
         let worker = worker.clone();
         monoio::spawn(async move { worker.draining.follow(drain).await });
     }
-    if let Some(device) = worker.ingress.tls.device.clone() {
-        let live = worker.live.clone();
-        monoio::spawn(crate::proxy::live::watch(
-            live,
-            device,
-            worker.metrics.clone(),
-        ));
+    {
+        let worker = worker.clone();
+        monoio::spawn(async move {
+            loop {
+                monoio::time::sleep(LATENCY_FLUSH).await;
+                worker.metrics.absorb(&worker.latencies);
+                // A worker that accepts nothing still lets go of replaced ingresses.
+                worker.ingresses();
+            }
+        });
     }
+    monoio::spawn(crate::proxy::live::watch(
+        worker.live.clone(),
+        worker.metrics.clone(),
+    ));
     let mut loops = Vec::new();
     for listener in listeners {
         match monoio::net::TcpListener::from_std(listener) {
@@ -477,7 +539,7 @@ fn log_startup(
     workers: usize,
     driver: IoDriver,
     admin: Option<SocketAddr>,
-    ingress: &Ingress,
+    ingresses: &IngressSet,
 ) {
     for addr in listen {
         info!(%addr, "listening");
@@ -486,9 +548,8 @@ fn log_startup(
         info!(%addr, "admin listening");
     }
     info!(workers, io_driver = driver.name(), "workers started");
-    ingress.tls.log_startup();
-    for backend in ingress.upstream.backends() {
-        info!(backend = %backend, "backend");
+    for ingress in ingresses.all() {
+        ingress.log_startup();
     }
 }
 

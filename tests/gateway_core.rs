@@ -492,13 +492,8 @@ fn check_names_the_field_and_the_reason() {
         )
         .replace("mode: mtls", "mode: mtls\n    colour: blue");
     let path = pki.write("broken.yaml", &config);
-    let output = Command::new(gateway_binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run check");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = check_config(&path);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("ingress.transport_security.colour: unknown field"),
         "{stderr}"
@@ -506,13 +501,8 @@ fn check_names_the_field_and_the_reason() {
 
     let fixed = config.replace("\n    colour: blue", "");
     std::fs::write(&path, fixed).expect("rewrite");
-    let output = Command::new(gateway_binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run check");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = check_config(&path);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("broken.yaml:8: ingress.transport_security.client_ca_cert:"),
         "{stderr}"
@@ -529,16 +519,8 @@ fn check_names_the_field_and_the_reason() {
 fn check_accepts_a_good_config() {
     let pki = TestPki::new();
     let path = pki.write("good.yaml", &pki.mtls_config(8443, &["127.0.0.1:1".into()]));
-    let output = Command::new(gateway_binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("run check");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (code, stderr) = check_config(&path);
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]
@@ -567,7 +549,7 @@ fn run_with_a_missing_certificate_file_exits_with_a_clear_message() {
 fn the_design_brief_example_loads_with_only_what_it_lacks_added() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/brief.yaml");
     let loaded = srrrs_edge::config::load(&path).expect("the brief's example parses");
-    let ingress = &loaded.config.ingress;
+    let ingress = loaded.config.ingress.as_ref().expect("one ingress");
     assert_eq!(ingress.hostname, "api.prod.srrrs.internal");
     let auth = ingress.application_auth.as_ref().expect("application_auth");
     assert_eq!(auth.required_claims["department"], "engineering");
@@ -597,13 +579,8 @@ fn check_refuses_limits_that_would_refuse_everything_and_warns_about_ignored_set
     let config = pki.mtls_config(8443, &["127.0.0.1:1".into()])
         + "limits: {handshake_timeout: 0s, max_headers: 0}\n";
     let path = pki.write("limits.yaml", &config);
-    let output = Command::new(gateway_binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("check");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = check_config(&path);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("limits.handshake_timeout: must be longer than zero"),
         "{stderr}"
@@ -621,13 +598,8 @@ fn check_refuses_limits_that_would_refuse_everything_and_warns_about_ignored_set
             "  application_auth: {type: none, issuer: \"https://x\"}\n  upstream:",
         );
     let path = pki.write("ignored.yaml", &ignored);
-    let output = Command::new(gateway_binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("check");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (code, stderr) = check_config(&path);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("ingress.transport_security.mode: is tls"),
         "{stderr}"
@@ -646,13 +618,8 @@ fn check_warns_when_a_trusted_ca_has_no_crl_and_crls_are_required() {
         "crl_files: [device-ca.crl]",
     );
     let path = pki.write("no-root-crl.yaml", &config);
-    let output = Command::new(gateway_binary())
-        .args(["check", "-c"])
-        .arg(&path)
-        .output()
-        .expect("check");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "{stderr}");
+    let (code, stderr) = check_config(&path);
+    assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains("no CRL from the trusted CA") && stderr.contains("test device root"),
         "{stderr}"
@@ -702,4 +669,33 @@ fn a_der_crl_revokes_like_a_pem_one(driver: Driver) {
         .expect("admitted")
         .starts_with("HTTP/1.1 200"));
     assert_eq!(backend.received().len(), 1);
+}
+
+/// The design uses aws-lc-rs only. `ring` stands in Cargo.lock (rustls-webpki names it
+/// through the weak feature `ring?/alloc`, which Cargo locks whether or not it is
+/// enabled), but it must never be built into the gateway.
+#[test]
+fn ring_is_not_built_into_the_gateway() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "srrrs-edge",
+            "-e",
+            "normal,build",
+            "-i",
+            "ring",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo tree");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stdout.trim().is_empty(),
+        "ring is in the gateway's build:\n{stdout}"
+    );
+    assert!(stderr.contains("nothing to print"), "{stderr}");
 }

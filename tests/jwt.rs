@@ -516,29 +516,6 @@ fn keep_alive_http10_and_connection_close_are_honoured(driver: Driver) {
     );
 }
 
-/// Reads one response with a Content-Length body from a kept-alive connection.
-fn read_one_response(stream: &mut TlsStream) -> String {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    let mut byte = [0u8; 1];
-    while !bytes.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).expect("head byte");
-        bytes.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&bytes).to_string();
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            line.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(|v| v.trim().parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).expect("body");
-    head + &String::from_utf8_lossy(&body)
-}
-
 fn a_websocket_upgrade_is_authorized_then_tunnelled(driver: Driver) {
     use std::io::{Read, Write};
     let setup = Setup::start(driver);

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use rustls::{AlertDescription, HandshakeKind};
 use srrrs_edge::demo::pki::{CertRequest, IssuedCert};
-use time::Duration as Span;
 
 on_both_drivers!(
     a_second_connection_resumes_on_tls13_and_tls12,
@@ -26,23 +25,6 @@ on_both_drivers!(
 /// A client certificate that is good now and that the test will revoke.
 fn victim(pki: &TestPki) -> IssuedCert {
     pki.device_ca.issue(&CertRequest::client("device-victim"))
-}
-
-/// Rewrites the device CA's CRL to revoke `certs` too, and makes the gateway reload.
-fn revoke(pki: &TestPki, gateway: &Gateway, certs: &[&IssuedCert]) {
-    let mut revoked = vec![&pki.revoked];
-    revoked.extend_from_slice(certs);
-    let before = gateway.metric("srrrs_revocation_epoch");
-    pki.write("device-ca.crl", &pki.device_ca.crl(&revoked, Span::days(7)));
-    gateway.reload();
-    let reloaded = eventually(Duration::from_secs(5), || {
-        gateway.metric("srrrs_revocation_epoch") > before
-    });
-    assert!(
-        reloaded,
-        "the new CRL went into force:\n{}",
-        gateway.log_text()
-    );
 }
 
 fn handshake_kind(client: &Client, gateway: &Gateway) -> Option<HandshakeKind> {

@@ -71,7 +71,8 @@ ingress:
     );
     let loaded = config::parse(&dir.join("edge.yaml"), &yaml).unwrap();
     let mut problems = loaded.problems();
-    let policy = TlsPolicy::build(&loaded, &mut problems);
+    let (_, source) = loaded.ingress_sources().remove(0);
+    let policy = TlsPolicy::build(&source, &mut problems);
     assert!(problems.is_empty(), "{:?}", problems.into_error());
     policy.unwrap()
 }

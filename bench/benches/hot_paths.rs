@@ -50,7 +50,8 @@ ingress:
     );
     let loaded = config::parse(&dir.join("edge.yaml"), &yaml).unwrap();
     let mut problems = loaded.problems();
-    let built = Authorizer::build(&loaded, &mut problems);
+    let (_, source) = loaded.ingress_sources().remove(0);
+    let built = Authorizer::build(&source, &mut problems);
     assert!(problems.is_empty(), "{:?}", problems.into_error());
     built.flatten().unwrap()
 }

@@ -15,6 +15,7 @@ use super::jwks::Jwks;
 use super::key_store::KeyStore;
 use crate::fetch::{Document, Fetcher};
 use crate::reload::FileStamp;
+use crate::reload::Lifetime;
 
 /// The largest JWKS or discovery document accepted.
 pub const MAX_DOCUMENT: u64 = 1024 * 1024;
@@ -62,15 +63,20 @@ pub fn load_now(
     install(&document.body, settings, store)
 }
 
-/// Starts the fetcher thread: it refreshes on a schedule and when asked to.
+/// Starts the fetcher thread: it refreshes on a schedule and when asked to, until
+/// `lifetime` ends (the owner then asks for a fetch, to wake it).
 pub fn spawn(
     source: KeySource,
     settings: FetchSettings,
     store: Arc<KeyStore>,
+    lifetime: Lifetime,
 ) -> std::io::Result<()> {
     thread::Builder::new()
         .name("edge-jwks".into())
         .spawn(move || loop {
+            if lifetime.is_over() {
+                return;
+            }
             let loaded = fetch(&source, &settings).and_then(|document| {
                 install(&document.body, &settings, &store).map(|_| document.max_age)
             });

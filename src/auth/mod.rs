@@ -22,8 +22,9 @@ use serde_json::{Map, Value};
 use paths::{PathDecision, PathRules};
 
 use crate::config::{
-    ApplicationAuthConfig, ApplicationAuthKind, CertificateBinding, LoadedConfig, Problems,
+    ApplicationAuthConfig, ApplicationAuthKind, CertificateBinding, IngressSource, Problems,
 };
+use crate::reload::Lifetime;
 pub use bearer::bearer_token;
 use cache::{CachedToken, TokenCache};
 use claims::{ClaimPath, ClaimPolicy};
@@ -98,8 +99,8 @@ pub struct Authorizer {
 impl Authorizer {
     /// Builds the token policy from `ingress.application_auth`; `None` when there is no
     /// per-request check. Problems are recorded against their fields.
-    pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Option<Option<Arc<Self>>> {
-        let Some(config) = &loaded.config.ingress.application_auth else {
+    pub fn build(loaded: &IngressSource, problems: &mut Problems) -> Option<Option<Arc<Self>>> {
+        let Some(config) = &loaded.ingress.application_auth else {
             return Some(None);
         };
         if config.kind == ApplicationAuthKind::None {
@@ -175,9 +176,14 @@ impl Authorizer {
         fetch::load_now(&self.source, &self.fetch, &self.keys)
     }
 
-    /// Starts the background fetcher that keeps the keys fresh.
-    pub fn start_refreshing(&self) -> std::io::Result<()> {
-        fetch::spawn(self.source.clone(), self.fetch.clone(), self.keys.clone())
+    /// Starts the background fetcher that keeps the keys fresh, until `lifetime` ends.
+    pub fn start_refreshing(&self, lifetime: Lifetime) -> std::io::Result<()> {
+        fetch::spawn(
+            self.source.clone(),
+            self.fetch.clone(),
+            self.keys.clone(),
+            lifetime,
+        )
     }
 
     /// The shared key set.
@@ -442,8 +448,8 @@ fn claim_policy(config: &ApplicationAuthConfig, problems: &mut Problems) -> Opti
         .ok()
 }
 
-fn exported_claims(loaded: &LoadedConfig, problems: &mut Problems) -> Vec<ClaimPath> {
-    let claims = &loaded.config.ingress.identity_headers.claims;
+fn exported_claims(loaded: &IngressSource, problems: &mut Problems) -> Vec<ClaimPath> {
+    let claims = &loaded.ingress.identity_headers.claims;
     let mut paths = Vec::new();
     for path in claims.keys() {
         match ClaimPath::parse(path) {
@@ -458,7 +464,7 @@ fn exported_claims(loaded: &LoadedConfig, problems: &mut Problems) -> Vec<ClaimP
 }
 
 fn key_source(
-    loaded: &LoadedConfig,
+    loaded: &IngressSource,
     config: &ApplicationAuthConfig,
     problems: &mut Problems,
 ) -> Option<KeySource> {
@@ -505,7 +511,7 @@ fn key_source(
 }
 
 fn fetch_roots(
-    loaded: &LoadedConfig,
+    loaded: &IngressSource,
     config: &ApplicationAuthConfig,
     problems: &mut Problems,
 ) -> Vec<rustls::pki_types::CertificateDer<'static>> {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ApplicationAuthKind, ClientAuthMode, Config, Problems};
+use super::{ApplicationAuthKind, ClientAuthMode, Config, IngressConfig, Problems};
 
 /// The largest `max_head_bytes` accepted.
 const MAX_HEAD_LIMIT: usize = 1024 * 1024;
@@ -18,9 +18,15 @@ const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Records every out-of-range value and every setting that will be ignored.
 pub fn check_values(config: &Config, problems: &mut Problems) {
     check_limits(config, problems);
-    check_health_checks(config, problems);
-    check_auth(config, problems);
-    check_device_policy(config, problems);
+    check_ingress_count(config, problems);
+    for (scope, ingress) in config.ingress_list() {
+        problems.scoped(&scope, |problems| {
+            check_ingress_limits(ingress, problems);
+            check_health_checks(ingress, problems);
+            check_auth(ingress, problems);
+            check_device_policy(ingress, problems);
+        });
+    }
     if config.runtime.workers > 1024 {
         problems.push(
             "runtime.workers",
@@ -40,30 +46,6 @@ fn check_limits(config: &Config, problems: &mut Problems) {
     positive("limits.idle_timeout", limits.idle_timeout);
     positive("limits.request_head_timeout", limits.request_head_timeout);
     positive("limits.drain_timeout", limits.drain_timeout);
-    positive(
-        "ingress.upstream.connect_timeout",
-        config.ingress.upstream.connect_timeout,
-    );
-    positive(
-        "ingress.upstream.response_timeout",
-        config.ingress.upstream.response_timeout,
-    );
-    let resumption = &config.ingress.session_resumption;
-    positive(
-        "ingress.session_resumption.ticket_lifetime",
-        resumption.ticket_lifetime,
-    );
-    positive(
-        "ingress.session_resumption.key_rotation",
-        resumption.key_rotation,
-    );
-    if resumption.ticket_lifetime > MAX_TICKET_LIFETIME {
-        // RFC 8446 §4.6.1: servers MUST NOT use a ticket lifetime over seven days.
-        problems.push(
-            "ingress.session_resumption.ticket_lifetime",
-            "must be at most 7 days",
-        );
-    }
     if !(MIN_HEAD_LIMIT..=MAX_HEAD_LIMIT).contains(&limits.max_head_bytes) {
         let message = format!("must be between {MIN_HEAD_LIMIT} and {MAX_HEAD_LIMIT} bytes");
         problems.push("limits.max_head_bytes", message);
@@ -80,10 +62,6 @@ fn check_limits(config: &Config, problems: &mut Problems) {
             "limits.max_handshakes_per_worker",
             limits.max_handshakes_per_worker,
         ),
-        (
-            "ingress.upstream.max_connections_per_worker",
-            config.ingress.upstream.max_connections_per_worker,
-        ),
     ] {
         if value == 0 {
             problems.push(path, "must be at least 1");
@@ -91,8 +69,68 @@ fn check_limits(config: &Config, problems: &mut Problems) {
     }
 }
 
-fn check_health_checks(config: &Config, problems: &mut Problems) {
-    let Some(check) = &config.ingress.upstream.health_check else {
+/// One of `ingress` and `ingresses`, and no hostname twice.
+fn check_ingress_count(config: &Config, problems: &mut Problems) {
+    match (&config.ingress, config.ingresses.is_empty()) {
+        (None, true) => problems.push("ingress", "required (or a list under ingresses)"),
+        (Some(_), false) => problems.push(
+            "ingresses",
+            "give either ingress (one) or ingresses (a list), not both",
+        ),
+        _ => {}
+    }
+    let mut seen: Vec<String> = Vec::new();
+    for (index, ingress) in config.ingresses.iter().enumerate() {
+        let name = ingress.hostname.to_ascii_lowercase();
+        if seen.contains(&name) {
+            let message = format!("{name} is the hostname of an earlier ingress");
+            problems.push(&format!("ingresses[{index}].hostname"), message);
+        }
+        seen.push(name);
+    }
+}
+
+/// The values of one ingress that must be in range; reported under its own path.
+fn check_ingress_limits(ingress: &IngressConfig, problems: &mut Problems) {
+    let mut positive = |path: &str, value: Duration| {
+        if value.is_zero() {
+            problems.push(path, "must be longer than zero");
+        }
+    };
+    positive(
+        "ingress.upstream.connect_timeout",
+        ingress.upstream.connect_timeout,
+    );
+    positive(
+        "ingress.upstream.response_timeout",
+        ingress.upstream.response_timeout,
+    );
+    let resumption = &ingress.session_resumption;
+    positive(
+        "ingress.session_resumption.ticket_lifetime",
+        resumption.ticket_lifetime,
+    );
+    positive(
+        "ingress.session_resumption.key_rotation",
+        resumption.key_rotation,
+    );
+    if resumption.ticket_lifetime > MAX_TICKET_LIFETIME {
+        // RFC 8446 §4.6.1: servers MUST NOT use a ticket lifetime over seven days.
+        problems.push(
+            "ingress.session_resumption.ticket_lifetime",
+            "must be at most 7 days",
+        );
+    }
+    if ingress.upstream.max_connections_per_worker == 0 {
+        problems.push(
+            "ingress.upstream.max_connections_per_worker",
+            "must be at least 1",
+        );
+    }
+}
+
+fn check_health_checks(ingress: &IngressConfig, problems: &mut Problems) {
+    let Some(check) = &ingress.upstream.health_check else {
         return;
     };
     let field = |name: &str| format!("ingress.upstream.health_check.{name}");
@@ -119,8 +157,8 @@ fn check_health_checks(config: &Config, problems: &mut Problems) {
     }
 }
 
-fn check_auth(config: &Config, problems: &mut Problems) {
-    let Some(auth) = &config.ingress.application_auth else {
+fn check_auth(ingress: &IngressConfig, problems: &mut Problems) {
+    let Some(auth) = &ingress.application_auth else {
         return;
     };
     let field = |name: &str| format!("ingress.application_auth.{name}");
@@ -157,8 +195,8 @@ fn check_auth(config: &Config, problems: &mut Problems) {
     }
 }
 
-fn check_device_policy(config: &Config, problems: &mut Problems) {
-    let policy = &config.ingress.transport_security;
+fn check_device_policy(ingress: &IngressConfig, problems: &mut Problems) {
+    let policy = &ingress.transport_security;
     if policy.mode != ClientAuthMode::Tls {
         return;
     }

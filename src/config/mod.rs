@@ -31,6 +31,20 @@ impl LoadedConfig {
         base.join(relative)
     }
 
+    /// Each ingress, with the field path it is reported under.
+    pub fn ingress_sources(&self) -> Vec<(String, IngressSource<'_>)> {
+        (self.config.ingress_list().into_iter())
+            .map(|(scope, ingress)| {
+                let source = IngressSource {
+                    config: &self.config,
+                    ingress,
+                    loaded: self,
+                };
+                (scope, source)
+            })
+            .collect()
+    }
+
     /// An empty collector for problems found in this file.
     pub fn problems(&self) -> Problems {
         Problems {
@@ -38,7 +52,25 @@ impl LoadedConfig {
             source: self.source.clone(),
             items: Vec::new(),
             warnings: Vec::new(),
+            scope: None,
         }
+    }
+}
+
+/// One ingress of a configuration, as the code that builds its running state reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct IngressSource<'a> {
+    /// The whole file, for the settings every ingress shares.
+    pub config: &'a Config,
+    /// This ingress.
+    pub ingress: &'a IngressConfig,
+    loaded: &'a LoadedConfig,
+}
+
+impl IngressSource<'_> {
+    /// Resolves a path written in the config against the config file's folder.
+    pub fn resolve(&self, relative: &Path) -> PathBuf {
+        self.loaded.resolve(relative)
     }
 }
 
@@ -64,6 +96,7 @@ pub fn parse(path: &Path, text: &str) -> Result<LoadedConfig, ConfigError> {
         source: source.clone(),
         items: Vec::new(),
         warnings: Vec::new(),
+        scope: None,
     };
     let mut unknown = Vec::new();
     let mut failed_at = None;
@@ -106,19 +139,43 @@ pub struct Problems {
     source: SourceMap,
     items: Vec<Problem>,
     warnings: Vec<Problem>,
+    /// Where `ingress` fields are reported while one of several ingresses is checked.
+    scope: Option<String>,
 }
 
 impl Problems {
     /// Records that the field at `path` is wrong, and why.
     pub fn push(&mut self, path: &str, message: impl Into<String>) {
-        let line = self.source.line_of(path);
-        self.items.push(Problem::new(path, line, message.into()));
+        let path = self.in_scope(path);
+        let line = self.source.line_of(&path);
+        self.items.push(Problem::new(&path, line, message.into()));
     }
 
     /// Records something that works but is probably not what the operator meant.
     pub fn warn(&mut self, path: &str, message: impl Into<String>) {
-        let line = self.source.line_of(path);
-        self.warnings.push(Problem::new(path, line, message.into()));
+        let path = self.in_scope(path);
+        let line = self.source.line_of(&path);
+        self.warnings
+            .push(Problem::new(&path, line, message.into()));
+    }
+
+    /// Runs `check` with the fields it reports under `ingress` moved to `scope` (such
+    /// as `ingresses[2]`): the code that checks an ingress names its fields one way.
+    pub fn scoped<T>(&mut self, scope: &str, check: impl FnOnce(&mut Self) -> T) -> T {
+        let outer = self.scope.replace(scope.to_owned());
+        let result = check(self);
+        self.scope = outer;
+        result
+    }
+
+    fn in_scope(&self, path: &str) -> String {
+        let rest = path.strip_prefix("ingress");
+        match (&self.scope, rest) {
+            (Some(scope), Some(rest)) if rest.is_empty() || rest.starts_with(['.', '[']) => {
+                format!("{scope}{rest}")
+            }
+            _ => path.to_owned(),
+        }
     }
 
     /// The warnings recorded so far, each as `file:line: field: message`.
@@ -302,7 +359,10 @@ ingress:
         let loaded = parse(Path::new("/etc/edge/t.yaml"), MINIMAL).expect("valid");
         let config = &loaded.config;
         assert_eq!(config.runtime.io_driver, IoDriverChoice::Auto);
-        assert_eq!(config.ingress.server_tls.min_version, TlsVersion::Tls12);
+        assert_eq!(
+            config.ingress.as_ref().unwrap().server_tls.min_version,
+            TlsVersion::Tls12
+        );
         assert_eq!(
             loaded.resolve(Path::new("c.pem")),
             Path::new("/etc/edge/c.pem")

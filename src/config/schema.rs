@@ -28,12 +28,33 @@ pub struct Config {
     /// One line per request and per refused connection. Default: none.
     #[serde(default)]
     pub access_log: Option<AccessLogConfig>,
-    /// The one ingress this gateway serves.
-    pub ingress: IngressConfig,
+    /// The ingress this gateway serves, when it serves one. Exactly one of `ingress`
+    /// and `ingresses` is given.
+    #[serde(default)]
+    pub ingress: Option<IngressConfig>,
+    /// Several ingresses, told apart by the SNI a client sends. The first is the
+    /// default: it serves a client whose SNI names none of them (or is absent), unless
+    /// its `strict_sni` refuses that client.
+    #[serde(default)]
+    pub ingresses: Vec<IngressConfig>,
+}
+
+impl Config {
+    /// Each ingress with the field path it is reported under: `ingress`, or
+    /// `ingresses[N]`.
+    pub fn ingress_list(&self) -> Vec<(String, &IngressConfig)> {
+        let single = self
+            .ingress
+            .iter()
+            .map(|ingress| ("ingress".to_owned(), ingress));
+        let listed = (self.ingresses.iter().enumerate())
+            .map(|(index, ingress)| (format!("ingresses[{index}]"), ingress));
+        single.chain(listed).collect()
+    }
 }
 
 /// The access log.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AccessLogConfig {
     /// Where lines go: `stdout`, `stderr`, or a file, appended to and reopened on
     /// SIGHUP (for log rotation).
@@ -59,7 +80,7 @@ pub enum AccessLogFormat {
 }
 
 /// Worker threads and the I/O driver.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct RuntimeConfig {
     /// Number of worker threads. Default `0`: one per CPU the process may run on.
     #[serde(default)]
@@ -97,7 +118,7 @@ pub enum IoDriverChoice {
 }
 
 /// Timeouts and caps that keep slow, silent or too many peers from taking a worker.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct LimitsConfig {
     /// Time allowed from accept to a finished TLS handshake. Default `10s`.
     #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
@@ -191,7 +212,7 @@ fn default_idle_timeout() -> Duration {
 }
 
 /// The plain-HTTP admin listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AdminConfig {
     /// Address of the admin listener. Keep it on loopback or a management network.
     pub listen: String,
@@ -200,10 +221,12 @@ pub struct AdminConfig {
 /// One ingress: a hostname, its TLS and device policy, its user policy and its backends.
 #[derive(Debug, Clone, Deserialize)]
 pub struct IngressConfig {
-    /// The name clients reach this ingress by; checked against SNI.
+    /// The name clients reach this ingress by; checked against SNI, case-insensitively.
+    /// `*.example.com` matches any name one label below `example.com`.
     pub hostname: String,
-    /// Refuse handshakes whose SNI is absent or names another host, with the
-    /// `unrecognized_name` alert. Default `false`: such handshakes are served and logged.
+    /// Refuse handshakes whose SNI is absent or names no ingress, with the
+    /// `unrecognized_name` alert; it matters on the first ingress, where such handshakes
+    /// go. Default `false`: such handshakes are served and logged.
     #[serde(default)]
     pub strict_sni: bool,
     /// The server's own certificate and TLS versions.

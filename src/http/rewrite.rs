@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use super::head::{is_token_byte, BodyFraming, RequestHead};
-use crate::config::{IdentityHeadersConfig, LoadedConfig, Problems};
+use crate::config::{IdentityHeadersConfig, IngressSource, Problems};
 
 /// Fields removed from every request: hop-by-hop fields, framing fields (written anew
 /// from what the gateway framed), and claims about the client's address or scheme that
@@ -78,8 +78,8 @@ pub struct IdentityHeaders {
 
 impl IdentityHeaders {
     /// Checks the configured names and builds the field filter.
-    pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Self {
-        let config: &IdentityHeadersConfig = &loaded.config.ingress.identity_headers;
+    pub fn build(loaded: &IngressSource, problems: &mut Problems) -> Self {
+        let config: &IdentityHeadersConfig = &loaded.ingress.identity_headers;
         let mut name = |field: &str, value: &str| {
             let valid = value.bytes().all(is_token_byte);
             if !valid {
@@ -105,7 +105,6 @@ impl IdentityHeaders {
             filter: FieldFilter::default(),
         };
         let keep_authorization = loaded
-            .config
             .ingress
             .application_auth
             .as_ref()

@@ -12,6 +12,8 @@ pub mod requests;
 pub mod responses;
 
 use std::cell::RefCell;
+
+use arc_swap::ArcSwap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -27,8 +29,8 @@ use crate::auth::{Authorizer, Verdict};
 use crate::config::{Balance, LimitsConfig};
 use crate::http::head::RequestHead;
 use crate::http::GatewayResponse;
-use crate::ingress::Ingress;
-use crate::metrics::{Shed, Timed, WorkerMetrics};
+use crate::ingress::{Ingress, IngressSet};
+use crate::metrics::{LatencyRecorder, Shed, Timed, WorkerMetrics};
 use crate::tls::chain_cache::VerifiedChain;
 use crate::tls::stream::{self, HandshakeFacts, TlsReader, TlsSession, TlsWriter};
 use crate::tls::HandshakeRefusal;
@@ -47,38 +49,65 @@ const LINGER: Duration = Duration::from_secs(2);
 pub struct Worker {
     /// Which worker this is, for logs.
     pub index: usize,
-    /// The ingress served.
-    pub ingress: Arc<Ingress>,
     /// Connection timeouts.
     pub limits: LimitsConfig,
     /// This worker's counters.
     pub metrics: Arc<WorkerMetrics>,
     /// Connections admitted with a client certificate, for revocation sweeps.
     pub live: Rc<live::LiveConnections>,
-    /// Backend connections kept for reuse.
-    pub idle_backends: Rc<IdlePool>,
     /// Raised when the gateway drains.
     pub draining: Draining,
+    /// Latencies recorded by this worker, moved to `metrics` once a second.
+    pub latencies: LatencyRecorder,
     /// Where requests and refused connections are logged, if anywhere.
     pub access_log: Option<Arc<AccessLog>>,
     load: Rc<WorkerLoad>,
     caps: Caps,
+    /// The ingresses in force, which a configuration reload replaces.
+    shared: Arc<ArcSwap<IngressSet>>,
+    /// This worker's state for each of them, rebuilt when the set is replaced.
+    local: RefCell<Rc<LocalIngresses>>,
+}
+
+/// The ingresses in force, each with this worker's state for it.
+pub struct LocalIngresses {
+    set: Arc<IngressSet>,
+    ingresses: Vec<Rc<LocalIngress>>,
+}
+
+impl LocalIngresses {
+    fn new(set: Arc<IngressSet>) -> Self {
+        let ingresses = (set.all().iter())
+            .map(|ingress| Rc::new(LocalIngress::new(ingress.clone())))
+            .collect();
+        Self { set, ingresses }
+    }
+
+    /// The ingress a client that sent `sni` reaches, if any.
+    fn select(&self, sni: Option<&str>) -> Option<Rc<LocalIngress>> {
+        let index = self.set.select(sni)?;
+        Some(self.ingresses[index].clone())
+    }
+}
+
+/// An ingress as one worker serves it: its token cache, its idle backend connections and
+/// the exchanges open with each backend on this worker.
+pub struct LocalIngress {
+    /// The ingress.
+    pub ingress: Arc<Ingress>,
+    /// Backend connections kept for reuse.
+    idle_backends: Rc<IdlePool>,
     /// Exchanges open with each backend on this worker, for least-connections.
     backend_load: Vec<std::cell::Cell<usize>>,
     next_backend: std::cell::Cell<usize>,
     tokens: RefCell<TokenCache>,
+    /// Raised when a configuration reload has replaced this ingress: its connections
+    /// close once no request is in flight, as in a drain.
+    pub retired: Draining,
 }
 
-impl Worker {
-    /// State for one worker.
-    pub fn new(
-        index: usize,
-        ingress: Arc<Ingress>,
-        limits: LimitsConfig,
-        metrics: Arc<WorkerMetrics>,
-        sources: Option<Arc<SourceCounts>>,
-        access_log: Option<Arc<AccessLog>>,
-    ) -> Self {
+impl LocalIngress {
+    fn new(ingress: Arc<Ingress>) -> Self {
         let tokens = ingress
             .auth
             .as_ref()
@@ -89,56 +118,13 @@ impl Worker {
         let backend_load = (0..upstream.backends().len())
             .map(|_| Default::default())
             .collect();
-        let caps = Caps {
-            connections: limits.max_connections_per_worker,
-            handshakes: limits.max_handshakes_per_worker,
-            sources,
-        };
         Self {
-            index,
             ingress,
-            limits,
-            draining: Draining::default(),
-            access_log,
-            load: Rc::default(),
-            caps,
-            backend_load,
-            metrics,
-            live: Rc::default(),
             idle_backends,
+            backend_load,
             next_backend: Default::default(),
             tokens: RefCell::new(tokens),
-        }
-    }
-
-    /// This worker's open client connections.
-    pub fn open_connections(&self) -> usize {
-        self.load.connections()
-    }
-
-    /// A place among this worker's handshakes in progress, once there is room: at the
-    /// cap, a handshake that has stalled for a second gives its place up; otherwise
-    /// this waits for one to end. `None` when the worker drains meanwhile. `evicted`
-    /// is raised if this handshake later gives its place up.
-    pub async fn handshake_slot(&self, evicted: Rc<Signal>) -> Option<HandshakeSlot> {
-        loop {
-            if self.draining.is_raised() {
-                return None;
-            }
-            if self.load.has_handshake_room(&self.caps) {
-                return Some(self.load.start_handshake(evicted));
-            }
-            if self.load.evict_stalled(HANDSHAKE_STALL) {
-                self.metrics.connection_shed(Shed::StalledHandshake);
-                continue;
-            }
-            let age = self.load.oldest_handshake_age().unwrap_or_default();
-            let stall = HANDSHAKE_STALL.saturating_sub(age);
-            monoio::select! {
-                _ = self.load.handshake_ended.wait() => {},
-                _ = monoio::time::sleep(stall) => {},
-                _ = self.draining.wait() => {},
-            }
+            retired: Draining::default(),
         }
     }
 
@@ -171,6 +157,83 @@ impl Worker {
         rule: Option<usize>,
     ) -> Verdict {
         authorizer.authorize(values, thumbprint, &mut self.tokens.borrow_mut(), rule)
+    }
+}
+
+impl Worker {
+    /// State for one worker.
+    pub fn new(
+        index: usize,
+        shared: Arc<ArcSwap<IngressSet>>,
+        limits: LimitsConfig,
+        metrics: Arc<WorkerMetrics>,
+        sources: Option<Arc<SourceCounts>>,
+        access_log: Option<Arc<AccessLog>>,
+    ) -> Self {
+        let caps = Caps {
+            connections: limits.max_connections_per_worker,
+            handshakes: limits.max_handshakes_per_worker,
+            sources,
+        };
+        let local = RefCell::new(Rc::new(LocalIngresses::new(shared.load_full())));
+        Self {
+            index,
+            limits,
+            draining: Draining::default(),
+            latencies: LatencyRecorder::default(),
+            access_log,
+            load: Rc::default(),
+            caps,
+            metrics,
+            live: Rc::default(),
+            shared,
+            local,
+        }
+    }
+
+    /// The ingresses in force now. When a reload has replaced them, the connections of
+    /// the old ones are told to close once no request is in flight.
+    pub fn ingresses(&self) -> Rc<LocalIngresses> {
+        let shared = self.shared.load();
+        let mut local = self.local.borrow_mut();
+        if !Arc::ptr_eq(&shared, &local.set) {
+            let old = std::mem::replace(&mut *local, Rc::new(LocalIngresses::new(shared.clone())));
+            for ingress in &old.ingresses {
+                ingress.retired.raise();
+            }
+        }
+        local.clone()
+    }
+
+    /// This worker's open client connections.
+    pub fn open_connections(&self) -> usize {
+        self.load.connections()
+    }
+
+    /// A place among this worker's handshakes in progress, once there is room: at the
+    /// cap, a handshake that has stalled for a second gives its place up; otherwise
+    /// this waits for one to end. `None` when the worker drains meanwhile. `evicted`
+    /// is raised if this handshake later gives its place up.
+    pub async fn handshake_slot(&self, evicted: Rc<Signal>) -> Option<HandshakeSlot> {
+        loop {
+            if self.draining.is_raised() {
+                return None;
+            }
+            if self.load.has_handshake_room(&self.caps) {
+                return Some(self.load.start_handshake(evicted));
+            }
+            if self.load.evict_stalled(HANDSHAKE_STALL) {
+                self.metrics.connection_shed(Shed::StalledHandshake);
+                continue;
+            }
+            let age = self.load.oldest_handshake_age().unwrap_or_default();
+            let stall = HANDSHAKE_STALL.saturating_sub(age);
+            monoio::select! {
+                _ = self.load.handshake_ended.wait() => {},
+                _ = monoio::time::sleep(stall) => {},
+                _ = self.draining.wait() => {},
+            }
+        }
     }
 }
 
@@ -225,8 +288,17 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         }
         None => false,
     };
+    // The ingress the SNI names, from the set in force when the connection began.
+    let ingresses = worker.ingresses();
+    let chosen: RefCell<Option<Rc<LocalIngress>>> = RefCell::new(None);
+    let choose = |sni: Option<&str>| {
+        let local = ingresses.select(sni)?;
+        let config = local.ingress.tls.server_config.clone();
+        *chosen.borrow_mut() = Some(local);
+        Some(config)
+    };
     let session = monoio::select! {
-        session = Box::pin(handshake(socket, peer, worker, admit)) => session,
+        session = Box::pin(handshake(socket, peer, worker, choose, admit)) => session,
         _ = evicted.wait() => {
             debug!("handshake dropped: stalled while others waited");
             None
@@ -235,9 +307,10 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
     if slot.take().is_some() {
         worker.metrics.handshake_ended();
     }
-    let Some(session) = session else {
+    let (Some(session), Some(local)) = (session, chosen.take()) else {
         return;
     };
+    drop(ingresses);
     let TlsSession {
         mut reader,
         mut writer,
@@ -245,7 +318,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
     } = session;
     // Kept for the access log only: an idle connection holds nothing it does not need.
     let sni = facts.sni.take().filter(|_| worker.access_log.is_some());
-    let Ok(device) = device_of(facts, worker) else {
+    let Ok(device) = device_of(facts, worker, &local.ingress) else {
         if let Some(log) = &worker.access_log {
             log.refused(peer, sni.as_deref(), "certificate_no_longer_valid");
         }
@@ -253,7 +326,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
     };
     let client = Client {
         worker,
-        ingress: &worker.ingress,
+        local: &local,
         peer,
         sni: sni.as_deref(),
         device: device.as_deref().map(|chain| &chain.identity),
@@ -264,7 +337,10 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         return;
     };
     // A certificate revoked while its connection is open ends the connection.
-    let registration = worker.live.register(chain);
+    let Some(verifier) = &local.ingress.tls.device else {
+        return;
+    };
+    let registration = worker.live.register(chain, verifier);
     let served = monoio::select! {
         _ = serve_requests(&mut reader, &mut writer, &client) => true,
         _ = registration.close.wait() => false,
@@ -285,15 +361,16 @@ async fn handshake(
     socket: TcpStream,
     peer: SocketAddr,
     worker: &Worker,
+    choose: impl FnOnce(Option<&str>) -> Option<Arc<rustls::ServerConfig>>,
     admit: impl AsyncFnOnce() -> bool,
 ) -> Option<TlsSession> {
     let limit = worker.limits.handshake_timeout;
     let started = Instant::now();
-    let accept = stream::accept(socket, &worker.ingress.tls, admit);
+    let accept = stream::accept(socket, choose, admit);
     let outcome = monoio::time::timeout(limit, accept).await;
     let failure = match outcome {
         Ok(Ok(session)) => {
-            worker.metrics.time(Timed::Handshake, started.elapsed());
+            worker.latencies.time(Timed::Handshake, started.elapsed());
             record_session(&session);
             worker
                 .metrics
@@ -332,8 +409,12 @@ fn record_session(session: &TlsSession) {
 /// connection then closes before any request, since a session is past the point where a
 /// TLS alert could say why. (A ticket whose chain fails is declined before that, and the
 /// full handshake that follows gets the alert.)
-fn device_of(facts: HandshakeFacts, worker: &Worker) -> Result<Option<Arc<VerifiedChain>>, ()> {
-    let (Some(chain), Some(device)) = (facts.peer_chain, &worker.ingress.tls.device) else {
+fn device_of(
+    facts: HandshakeFacts,
+    worker: &Worker,
+    ingress: &Ingress,
+) -> Result<Option<Arc<VerifiedChain>>, ()> {
+    let (Some(chain), Some(device)) = (facts.peer_chain, &ingress.tls.device) else {
         return Ok(None);
     };
     let Some((leaf, intermediates)) = chain.split_first() else {
@@ -405,12 +486,13 @@ async fn serve_first(
         }
     };
     let entry = client.log_entry(&head, user.as_deref(), received);
-    let in_use: usize = worker.backend_load.iter().map(std::cell::Cell::get).sum();
-    if in_use >= worker.ingress.upstream.max_connections_per_worker {
+    let local = client.local;
+    let in_use: usize = local.backend_load.iter().map(std::cell::Cell::get).sum();
+    if in_use >= local.ingress.upstream.max_connections_per_worker {
         let response = GatewayResponse::backends_busy();
         return refuse(reader, writer, client, &response, with_body, entry).await;
     }
-    let (backend, backend_reader, backend_writer) = match backend(worker).await {
+    let (backend, backend_reader, backend_writer) = match backend(worker, local).await {
         Some(connection) => connection,
         None => {
             let response = GatewayResponse::bad_gateway("no backend could be reached");
@@ -420,7 +502,7 @@ async fn serve_first(
 
     // Released however this ends, the connection's future dropped included (a
     // revocation closes the connection from outside).
-    let in_use = InUse::take(&worker.backend_load[backend]);
+    let in_use = InUse::take(&local.backend_load[backend]);
     let idle = worker.limits.idle_timeout;
     let exchange = Exchange::new();
     let both = async {
@@ -436,7 +518,7 @@ async fn serve_first(
             responses::relay_responses(backend_reader, writer, &exchange, client),
         )
     };
-    let response_timeout = worker.ingress.upstream.response_timeout;
+    let response_timeout = local.ingress.upstream.response_timeout;
     let ended = monoio::select! {
         ended = both => Some(ended),
         _ = watchdog(&exchange, idle, response_timeout) => None,
@@ -444,7 +526,7 @@ async fn serve_first(
     drop(in_use);
     // A backend connection left clean by this client serves the next one.
     if let Some((Some(backend_writer), Some(backend_reader))) = ended {
-        worker
+        local
             .idle_backends
             .put(backend, backend_reader, backend_writer);
     }
@@ -476,9 +558,12 @@ impl Drop for InUse<'_> {
 
 /// A backend connection: an idle one of this worker's, or a new one (round robin, the
 /// next backend when one refuses).
-async fn backend(worker: &Worker) -> Option<(usize, BackendReader, BackendWriter)> {
-    let health = worker.ingress.upstream.health();
-    while let Some(idle) = worker.idle_backends.take().await {
+async fn backend(
+    worker: &Worker,
+    local: &LocalIngress,
+) -> Option<(usize, BackendReader, BackendWriter)> {
+    let health = local.ingress.upstream.health();
+    while let Some(idle) = local.idle_backends.take().await {
         // One to a backend that has been marked down or ejected since is closed.
         if health[idle.0].is_available() {
             debug!(backend = idle.0, "forwarding on an idle backend connection");
@@ -486,13 +571,13 @@ async fn backend(worker: &Worker) -> Option<(usize, BackendReader, BackendWriter
         }
     }
     let started = Instant::now();
-    let connected = worker
+    let connected = local
         .ingress
         .upstream
-        .connect(worker.preferred_backend())
+        .connect(local.preferred_backend())
         .await;
     worker
-        .metrics
+        .latencies
         .time(Timed::BackendConnect, started.elapsed());
     match connected {
         Ok((stream, backend)) => {

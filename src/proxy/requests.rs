@@ -10,7 +10,7 @@ use monoio::io::CancelHandle;
 use tracing::debug;
 
 use super::exchange::{Exchange, PendingRequest};
-use super::Worker;
+use super::{LocalIngress, Worker};
 use crate::access_log::{ConnectionFacts, RequestEntry};
 use crate::auth::paths::PathDecision;
 use crate::auth::{AuthRefusal, Authorized, Verdict, UNKNOWN_KID_WAIT};
@@ -18,7 +18,6 @@ use crate::http::chunked::ChunkedBody;
 use crate::http::head::{self, BodyFraming, RequestHead};
 use crate::http::rewrite::write_forwarded_head;
 use crate::http::{GatewayResponse, HttpError};
-use crate::ingress::Ingress;
 use crate::metrics::Timed;
 use crate::tls::stream::TlsReader;
 use crate::tls::ClientIdentity;
@@ -34,8 +33,8 @@ const KEY_POLL: Duration = Duration::from_millis(10);
 pub struct Client<'a> {
     /// The worker serving it.
     pub worker: &'a Worker,
-    /// The ingress it reached.
-    pub ingress: &'a Ingress,
+    /// The ingress it reached, as this worker serves it.
+    pub local: &'a LocalIngress,
     /// Its address.
     pub peer: SocketAddr,
     /// The SNI it sent, kept only when there is an access log.
@@ -45,6 +44,20 @@ pub struct Client<'a> {
 }
 
 impl Client<'_> {
+    /// Whether the connection is to close once no request is in flight: the worker
+    /// drains, or a configuration reload replaced the ingress it reached.
+    pub fn closing(&self) -> bool {
+        self.worker.draining.is_raised() || self.local.retired.is_raised()
+    }
+
+    /// Completes once [`Self::closing`] holds.
+    pub async fn wait_closing(&self) {
+        monoio::select! {
+            _ = self.worker.draining.wait() => {},
+            _ = self.local.retired.wait() => {},
+        }
+    }
+
     /// The access log's entry for a request, when there is an access log.
     pub fn log_entry(
         &self,
@@ -119,7 +132,7 @@ pub async fn read_head(
     let worker = client.worker;
     loop {
         if !input.is_empty() {
-            match head::parse(input, client.ingress.head_limits) {
+            match head::parse(input, client.local.ingress.head_limits) {
                 Ok(Some(head)) => {
                     input.drain(..head.len());
                     return Ok(Some(head));
@@ -130,7 +143,14 @@ pub async fn read_head(
             deadline.get_or_insert_with(|| Instant::now() + worker.limits.request_head_timeout);
         }
         let between_requests = input.is_empty();
-        if between_requests && worker.draining.is_raised() {
+        // A connection whose ingress was replaced while it shook hands still gets its
+        // first request answered (with `Connection: close`).
+        let first = exchange.is_none();
+        let closing = match first {
+            true => worker.draining.is_raised(),
+            false => client.closing(),
+        };
+        if between_requests && closing {
             return Ok(None);
         }
         let late = async {
@@ -142,9 +162,10 @@ pub async fn read_head(
             }
         };
         let drained = async {
-            match between_requests {
-                true => worker.draining.wait().await,
-                false => std::future::pending().await,
+            match (between_requests, first) {
+                (true, true) => worker.draining.wait().await,
+                (true, false) => client.wait_closing().await,
+                (false, _) => std::future::pending().await,
             }
         };
         let woke = monoio::select! {
@@ -188,7 +209,7 @@ pub async fn authorize(
     head: &RequestHead,
     client: &Client<'_>,
 ) -> Result<Option<Rc<Authorized>>, GatewayResponse> {
-    let Some(authorizer) = &client.ingress.auth else {
+    let Some(authorizer) = &client.local.ingress.auth else {
         return Ok(None);
     };
     let rule = match authorizer.decide_path(head.target()) {
@@ -211,7 +232,7 @@ pub async fn authorize(
     let values: Vec<&[u8]> = head.values("authorization").collect();
     let thumbprint = client.device.map(|device| device.thumbprint.as_str());
     let mut verdict = client
-        .worker
+        .local
         .authorize(authorizer, &values, thumbprint, rule);
 
     if matches!(verdict, Verdict::UnknownKey) {
@@ -223,14 +244,14 @@ pub async fn authorize(
                 monoio::time::sleep(KEY_POLL).await;
             }
             verdict = client
-                .worker
+                .local
                 .authorize(authorizer, &values, thumbprint, rule);
         }
     }
 
     client
         .worker
-        .metrics
+        .latencies
         .time(Timed::Authorization, started.elapsed());
     let refusal = match verdict {
         Verdict::Allowed(user) => {
@@ -248,7 +269,7 @@ pub async fn authorize(
     client.worker.metrics.auth_refused(&refusal);
     Err(GatewayResponse::for_auth_refusal(
         &refusal,
-        &client.ingress.hostname,
+        &client.local.ingress.hostname,
     ))
 }
 
@@ -257,7 +278,7 @@ pub fn identity_fields<'a>(
     client: &'a Client<'_>,
     user: Option<&'a Authorized>,
 ) -> Vec<(&'a str, String)> {
-    let names = &client.ingress.identity;
+    let names = &client.local.ingress.identity;
     let mut fields = vec![
         ("x-forwarded-for", client.peer.ip().to_string()),
         ("x-forwarded-proto", "https".to_owned()),
@@ -333,7 +354,7 @@ pub async fn relay_requests(
         write_forwarded_head(
             &mut scratch,
             &head,
-            &client.ingress.identity.filter,
+            &client.local.ingress.identity.filter,
             &fields,
         );
         client.worker.metrics.request_forwarded();

@@ -171,8 +171,8 @@ fn pass_on(
             Some(Boundary::FinalHead { .. }) if front.upgrade => exchange.decide_upgrade(false),
             Some(Boundary::FinalHead { .. }) => {}
             Some(Boundary::Complete { status, close }) => {
-                let metrics = &client.worker.metrics;
-                metrics.time(Timed::Request, front.received.elapsed());
+                let latencies = &client.worker.latencies;
+                latencies.time(Timed::Request, front.received.elapsed());
                 let entry = exchange.take_entry();
                 client.log_request(entry.as_ref(), status, state.response_bytes);
                 state.response_bytes = 0;
@@ -206,7 +206,8 @@ fn pass_on(
     After::Continue
 }
 
-/// While the worker drains, the response to the last request forwarded tells the client
+/// While the worker drains (or the connection's ingress has been replaced by a
+/// configuration reload), the response to the last request forwarded tells the client
 /// the connection closes after it (RFC 9112 §9.6), so that it sends nothing more here.
 /// `head_start` is where the response's head begins in `out`, which ends with it.
 fn announce_close_when_draining(
@@ -216,7 +217,7 @@ fn announce_close_when_draining(
     exchange: &Exchange,
     client: &Client<'_>,
 ) {
-    let draining = client.worker.draining.is_raised();
+    let draining = client.closing();
     if !draining || front.close || front.upgrade || exchange.pending() != 1 {
         return;
     }

@@ -34,6 +34,10 @@ const MAX_CHAIN_BYTES: usize = 16 * 1024;
 /// The most intermediate CAs remembered for checking the signatures of reloaded CRLs.
 const MAX_KNOWN_ISSUERS: usize = 64;
 
+/// Epoch numbers, drawn from one counter for the whole process, so that the epoch in
+/// force only ever grows, also across a configuration reload that builds new verifiers.
+static NEXT_EPOCH: AtomicU64 = AtomicU64::new(1);
+
 /// One revocation epoch: the webpki verifier built with the CRLs then in force.
 struct TrustEpoch {
     number: u64,
@@ -49,7 +53,6 @@ pub struct DeviceVerifier {
     provider: Arc<CryptoProvider>,
     root_hints: Vec<DistinguishedName>,
     current: ArcSwap<TrustEpoch>,
-    next_epoch: AtomicU64,
     cache: ChainCache,
     refusals_by_revocation: AtomicU64,
     /// Intermediate CAs proven (by signature) to have issued a verified chain, so that a
@@ -78,7 +81,8 @@ impl DeviceVerifier {
         cache_size: usize,
     ) -> Result<Arc<Self>, String> {
         let roots = Arc::new(roots);
-        let first = build_epoch(policy, &roots, revocation, &provider, 1)?;
+        let number = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
+        let first = build_epoch(policy, &roots, revocation, &provider, number)?;
         let root_hints = first.webpki.root_hint_subjects().to_vec();
         Ok(Arc::new(Self {
             policy: policy.clone(),
@@ -86,7 +90,6 @@ impl DeviceVerifier {
             provider,
             root_hints,
             current: ArcSwap::from_pointee(first),
-            next_epoch: AtomicU64::new(2),
             cache: ChainCache::new(cache_size),
             refusals_by_revocation: AtomicU64::new(0),
             known_issuers: Mutex::new(Vec::new()),
@@ -101,7 +104,7 @@ impl DeviceVerifier {
     /// Puts a new revocation set in force as a new epoch: every cached verdict must be
     /// earned again. Returns the new epoch.
     pub fn install_revocation(&self, revocation: &RevocationSet) -> Result<u64, String> {
-        let number = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let number = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
         let epoch = build_epoch(
             &self.policy,
             &self.roots,

@@ -22,7 +22,7 @@ use super::pem;
 use super::revocation::{RevocationSet, RevocationSources};
 use super::tickets::{TicketKeyRing, TicketKeySource, Ticketer};
 use super::trust::{self, describe_time, TrustStore};
-use crate::config::{ClientAuthMode, LoadedConfig, Problems, TlsVersion};
+use crate::config::{ClientAuthMode, IngressSource, Problems, TlsVersion};
 use crate::reload::FileStamp;
 
 /// The ALPN protocol this gateway speaks.
@@ -56,14 +56,6 @@ pub struct TlsPolicy {
 }
 
 impl TlsPolicy {
-    /// Whether the SNI a client sent is acceptable under this policy.
-    pub fn accepts_sni(&self, sni: Option<&str>) -> bool {
-        match sni {
-            Some(name) => !self.strict_sni || name.eq_ignore_ascii_case(&self.hostname),
-            None => !self.strict_sni,
-        }
-    }
-
     /// Writes the startup facts of this policy to the log.
     pub fn log_startup(&self) {
         info!(hostname = %self.hostname, strict_sni = self.strict_sni, "ingress");
@@ -90,8 +82,8 @@ impl TlsPolicy {
 
     /// Reads every file the ingress's TLS settings name and builds the policy, recording
     /// each problem against its field.
-    pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Option<Self> {
-        let ingress = &loaded.config.ingress;
+    pub fn build(loaded: &IngressSource, problems: &mut Problems) -> Option<Self> {
+        let ingress = &loaded.ingress;
         let provider = Arc::new(provider());
 
         let certificate = ServerCertificate::build(loaded, provider.clone(), problems);
@@ -145,13 +137,13 @@ impl TlsPolicy {
 
 /// The device verifier, or `Some(None)` in `tls` mode; `None` when it cannot be built.
 fn device_verifier(
-    loaded: &LoadedConfig,
+    loaded: &IngressSource,
     trust: &TrustStore,
     revocation: &RevocationSet,
     provider: &Arc<CryptoProvider>,
     problems: &mut Problems,
 ) -> Option<Option<Arc<DeviceVerifier>>> {
-    let policy = &loaded.config.ingress.transport_security;
+    let policy = &loaded.ingress.transport_security;
     if policy.mode == ClientAuthMode::Tls {
         return Some(None);
     }
@@ -177,12 +169,12 @@ type Resumption = (Option<Arc<Ticketer>>, Option<Arc<TicketKeyRing>>);
 
 /// The ticketer and its keys, or neither when resumption is off.
 fn resumption(
-    loaded: &LoadedConfig,
+    loaded: &IngressSource,
     trust: &TrustStore,
     device: Option<&Arc<DeviceVerifier>>,
     problems: &mut Problems,
 ) -> Option<Resumption> {
-    let config = &loaded.config.ingress.session_resumption;
+    let config = &loaded.ingress.session_resumption;
     if !config.enabled {
         return Some((None, None));
     }
@@ -236,11 +228,11 @@ impl ResolvesServerCert for ServerCertificate {
 
 impl ServerCertificate {
     fn build(
-        loaded: &LoadedConfig,
+        loaded: &IngressSource,
         provider: Arc<CryptoProvider>,
         problems: &mut Problems,
     ) -> Option<Self> {
-        let tls = &loaded.config.ingress.server_tls;
+        let tls = &loaded.ingress.server_tls;
         let (chain, key) = (
             loaded.resolve(&tls.cert_chain),
             loaded.resolve(&tls.private_key),

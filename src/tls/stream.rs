@@ -8,6 +8,7 @@
 use std::cell::RefCell;
 use std::io::{self, BufRead, Write};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncReadRent,
@@ -15,12 +16,11 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 use rustls::pki_types::CertificateDer;
-use rustls::server::{Acceptor, ClientHello};
-use rustls::{HandshakeKind, ProtocolVersion, ServerConnection};
+use rustls::server::Acceptor;
+use rustls::{HandshakeKind, ProtocolVersion, ServerConfig, ServerConnection};
 
 use super::handshake_notes::{self, HandshakeNotes};
 use super::refusal::HandshakeRefusal;
-use super::server::TlsPolicy;
 use crate::socket;
 
 /// Size of each socket read.
@@ -71,13 +71,14 @@ pub struct TlsSession {
     pub facts: HandshakeFacts,
 }
 
-/// Runs a server handshake on `socket` under `policy`. On failure the alert rustls chose
-/// (or `unrecognized_name`) has been sent. Once the client's first bytes have arrived,
-/// `admit` decides whether the handshake goes on (it may wait for room first): a
-/// connection that sends nothing has not begun a handshake.
+/// Runs a server handshake on `socket`, under the configuration `choose` gives for the
+/// SNI the client sent (`None`: refused with `unrecognized_name`). On failure the alert
+/// rustls chose has been sent. Once the client's first bytes have arrived, `admit`
+/// decides whether the handshake goes on (it may wait for room first): a connection
+/// that sends nothing has not begun a handshake.
 pub async fn accept(
     socket: TcpStream,
-    policy: &TlsPolicy,
+    choose: impl FnOnce(Option<&str>) -> Option<Arc<ServerConfig>>,
     admit: impl AsyncFnOnce() -> bool,
 ) -> Result<TlsSession, HandshakeFailure> {
     let mut handshake = Handshake {
@@ -93,11 +94,16 @@ pub async fn accept(
         return Err(handshake.failure(HandshakeRefusal::PeerClosed, "not admitted: draining"));
     }
     let accepted = handshake.read_client_hello().await?;
-    handshake
-        .check_sni(&accepted.client_hello(), policy)
-        .await?;
+    handshake.sni = accepted
+        .client_hello()
+        .server_name()
+        .map(str::to_ascii_lowercase);
+    let Some(config) = choose(handshake.sni.as_deref()) else {
+        handshake.send(UNRECOGNIZED_NAME_ALERT.to_vec()).await;
+        let detail = format!("SNI {:?} names no ingress", handshake.sni);
+        return Err(handshake.failure(HandshakeRefusal::UnrecognizedName, detail));
+    };
     // A ticket in the ClientHello is opened (and its chain re-checked) right here.
-    let config = policy.server_config.clone();
     let connection =
         match handshake_notes::within(&handshake.notes, || accepted.into_connection(config)) {
             Ok(connection) => connection,
@@ -152,24 +158,6 @@ impl Handshake {
             }
             self.input.clear();
         }
-    }
-
-    async fn check_sni(
-        &mut self,
-        hello: &ClientHello<'_>,
-        policy: &TlsPolicy,
-    ) -> Result<(), HandshakeFailure> {
-        self.sni = hello.server_name().map(str::to_ascii_lowercase);
-        if policy.accepts_sni(self.sni.as_deref()) {
-            return Ok(());
-        }
-        self.send(UNRECOGNIZED_NAME_ALERT.to_vec()).await;
-        Err(HandshakeFailure {
-            reason: HandshakeRefusal::UnrecognizedName,
-            detail: format!("SNI {:?} is not {}", self.sni, policy.hostname),
-            sni: self.sni.clone(),
-            silent: false,
-        })
     }
 
     async fn complete(

@@ -10,7 +10,7 @@ use rustls::RootCertStore;
 
 use super::revocation::{CrlSummary, RevocationSet, RevocationSources, MAX_CRL_DOCUMENT};
 use super::{identity, pem};
-use crate::config::{ClientAuthMode, ExpiredCrlPolicy, LoadedConfig, Problems, RevocationScope};
+use crate::config::{ClientAuthMode, ExpiredCrlPolicy, IngressSource, Problems, RevocationScope};
 use crate::fetch::Fetcher;
 
 /// The trusted client CAs.
@@ -26,10 +26,10 @@ pub struct TrustStore {
 
 /// Where the ingress's CRLs come from, for reloads; `None` in `tls` mode.
 pub fn revocation_sources(
-    loaded: &LoadedConfig,
+    loaded: &IngressSource,
     problems: &mut Problems,
 ) -> Option<RevocationSources> {
-    let policy = &loaded.config.ingress.transport_security;
+    let policy = &loaded.ingress.transport_security;
     if policy.mode == ClientAuthMode::Tls {
         return None;
     }
@@ -62,8 +62,8 @@ pub fn revocation_sources(
 
 /// A digest of everything that decides who gets in through this ingress: a ticket
 /// issued under one policy never resumes under another.
-pub fn policy_digest(loaded: &LoadedConfig, trust: &TrustStore) -> [u8; 32] {
-    let ingress = &loaded.config.ingress;
+pub fn policy_digest(loaded: &IngressSource, trust: &TrustStore) -> [u8; 32] {
+    let ingress = &loaded.ingress;
     let policy = &ingress.transport_security;
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let facts = format!(
@@ -85,8 +85,8 @@ pub fn policy_digest(loaded: &LoadedConfig, trust: &TrustStore) -> [u8; 32] {
 }
 
 /// Reads the client CAs, recording each problem against its field.
-pub fn client_roots(loaded: &LoadedConfig, problems: &mut Problems) -> TrustStore {
-    let policy = &loaded.config.ingress.transport_security;
+pub fn client_roots(loaded: &IngressSource, problems: &mut Problems) -> TrustStore {
+    let policy = &loaded.ingress.transport_security;
     let mut trust = TrustStore {
         roots: RootCertStore::empty(),
         subjects: Vec::new(),
@@ -130,8 +130,8 @@ pub fn client_roots(loaded: &LoadedConfig, problems: &mut Problems) -> TrustStor
 
 /// Loads the CRL files named in the config (URLs are fetched by the reloader), recording
 /// each problem against its field.
-pub fn revocation_set(loaded: &LoadedConfig, problems: &mut Problems) -> RevocationSet {
-    let policy = &loaded.config.ingress.transport_security;
+pub fn revocation_set(loaded: &IngressSource, problems: &mut Problems) -> RevocationSet {
+    let policy = &loaded.ingress.transport_security;
     let mut set = RevocationSet::default();
     for (index, file) in policy.crl_files.iter().enumerate() {
         let field = format!("ingress.transport_security.crl_files[{index}]");
@@ -182,12 +182,12 @@ fn warn_if_expired(
 /// With CRLs required for the whole chain, every trusted CA needs a CRL of its own: it
 /// issued either the leaf or the top intermediate, whose status is checked.
 pub fn warn_about_missing_crls(
-    loaded: &LoadedConfig,
+    loaded: &IngressSource,
     ca_subjects: &[String],
     revocation: &RevocationSet,
     problems: &mut Problems,
 ) {
-    let policy = &loaded.config.ingress.transport_security;
+    let policy = &loaded.ingress.transport_security;
     let chain_checked = policy.revocation_scope == RevocationScope::Chain;
     if policy.mode == ClientAuthMode::Tls || !policy.require_crl_check || !chain_checked {
         return;

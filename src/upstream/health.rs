@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::{Backend, BackendAddress};
 use crate::config::{EjectionConfig, HealthCheckConfig};
+use crate::reload::Lifetime;
 
 /// The health of one backend.
 #[derive(Debug)]
@@ -94,21 +95,28 @@ pub fn spawn_checks(
     backends: Vec<Backend>,
     health: Arc<[BackendHealth]>,
     config: HealthCheckConfig,
+    lifetime: Lifetime,
 ) -> std::io::Result<()> {
     for (index, backend) in backends.into_iter().enumerate() {
-        let (health, config) = (health.clone(), config.clone());
+        let (health, config, lifetime) = (health.clone(), config.clone(), lifetime.clone());
         thread::Builder::new()
             .name("edge-health".into())
-            .spawn(move || watch(&backend, &health[index], &config))?;
+            .spawn(move || watch(&backend, &health[index], &config, &lifetime))?;
     }
     Ok(())
 }
 
-/// Checks one backend forever, marking it down and up as its checks fail and pass.
-fn watch(backend: &Backend, state: &BackendHealth, config: &HealthCheckConfig) {
+/// Checks one backend until `lifetime` ends, marking it down and up as its checks fail
+/// and pass.
+fn watch(
+    backend: &Backend,
+    state: &BackendHealth,
+    config: &HealthCheckConfig,
+    lifetime: &Lifetime,
+) {
     // Consecutive results against the thresholds: positive passes, negative fails.
     let mut streak = 0i64;
-    loop {
+    while !lifetime.is_over() {
         let passed = check(backend, config);
         streak = match (passed, streak) {
             (true, s) if s > 0 => s + 1,

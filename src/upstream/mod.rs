@@ -15,7 +15,8 @@ use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
 use tracing::{debug, warn};
 
-use crate::config::{LoadedConfig, Problems};
+use crate::config::{IngressSource, Problems};
+use crate::reload::Lifetime;
 
 pub mod health;
 pub mod pool;
@@ -124,8 +125,8 @@ pub struct NoBackendReachable {
 
 impl BackendPool {
     /// Builds the pool from `ingress.upstream`, recording each bad entry.
-    pub fn build(loaded: &LoadedConfig, problems: &mut Problems) -> Option<Self> {
-        let upstream = &loaded.config.ingress.upstream;
+    pub fn build(loaded: &IngressSource, problems: &mut Problems) -> Option<Self> {
+        let upstream = &loaded.ingress.upstream;
         if upstream.backends.is_empty() {
             problems.push(
                 "ingress.upstream.backends",
@@ -171,12 +172,15 @@ impl BackendPool {
         self.health.clone()
     }
 
-    /// Starts the active health checks, if configured.
-    pub fn start_checks(&self) -> io::Result<()> {
+    /// Starts the active health checks, if configured, until `lifetime` ends.
+    pub fn start_checks(&self, lifetime: Lifetime) -> io::Result<()> {
         match &self.health_check {
-            Some(config) => {
-                health::spawn_checks(self.backends.clone(), self.health.clone(), config.clone())
-            }
+            Some(config) => health::spawn_checks(
+                self.backends.clone(),
+                self.health.clone(),
+                config.clone(),
+                lifetime,
+            ),
             None => Ok(()),
         }
     }

@@ -8,6 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ use srrrs_edge::demo::echo::EchoBackend;
 use srrrs_edge::demo::pki::{Authority, CertRequest, IssuedCert};
 use tempfile::TempDir;
 use time::{Duration as Span, OffsetDateTime};
+
+/// The revocation epoch of the test configs' one ingress, `localhost`, in `/metrics`.
+pub const EPOCH: &str = "srrrs_revocation_epoch{ingress=\"localhost\"}";
 
 /// The I/O driver a test runs the gateway on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +198,17 @@ pub fn echo_backend() -> (EchoBackend, String) {
     (backend, addr.to_string())
 }
 
+/// Runs `srrrs-edge check` on a config file: its exit code and what it wrote to stderr.
+pub fn check_config(path: &Path) -> (Option<i32>, String) {
+    let output = Command::new(gateway_binary())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .expect("run check");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}
+
 pub fn gateway_binary() -> &'static str {
     env!("CARGO_BIN_EXE_srrrs-edge")
 }
@@ -204,6 +219,8 @@ pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
     pub log: PathBuf,
+    /// The config file it runs, and the admin line appended to it.
+    config: (PathBuf, String),
 }
 
 impl Gateway {
@@ -220,13 +237,12 @@ impl Gateway {
         admin_port: Option<u16>,
         driver: Driver,
     ) -> Self {
-        let mut config = config.to_owned();
-        if let Some(admin) = admin_port {
-            config.push_str(&format!("admin: {{listen: \"127.0.0.1:{admin}\"}}\n"));
-        }
+        let admin_line = admin_port
+            .map(|admin| format!("admin: {{listen: \"127.0.0.1:{admin}\"}}\n"))
+            .unwrap_or_default();
         let name = format!("edge-{port}");
         let config_path = dir.join(format!("{name}.yaml"));
-        std::fs::write(&config_path, &config).expect("write config");
+        std::fs::write(&config_path, format!("{config}{admin_line}")).expect("write config");
         let log = dir.join(format!("{name}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(gateway_binary())
@@ -245,6 +261,7 @@ impl Gateway {
             addr,
             admin: admin_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             log,
+            config: (config_path, admin_line),
         };
         gateway.wait_until_accepting();
         gateway
@@ -268,6 +285,15 @@ impl Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("gateway did not start:\n{}", self.log_text());
+    }
+
+    /// Replaces the config file the gateway runs (in one rename, as deployment tools
+    /// do), keeping its admin listener.
+    pub fn replace_config(&self, config: &str) {
+        let (path, admin_line) = &self.config;
+        let staged = path.with_extension("yaml.new");
+        std::fs::write(&staged, format!("{config}{admin_line}")).expect("write config");
+        std::fs::rename(&staged, path).expect("replace config");
     }
 
     pub fn pid(&self) -> u32 {
@@ -498,7 +524,8 @@ pub fn read_to_end(stream: &mut TlsStream) -> Result<String, rustls::Error> {
     }
 }
 
-fn tls_error(error: io::Error) -> rustls::Error {
+/// The TLS error inside an I/O error from a rustls stream, or the I/O error as one.
+pub fn tls_error(error: io::Error) -> rustls::Error {
     match error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -613,6 +640,22 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Rewrites the device CA's CRL to revoke `certs` too (besides `pki.revoked`), makes
+/// the gateway reload, and waits for the new revocation epoch.
+pub fn revoke(pki: &TestPki, gateway: &Gateway, certs: &[&IssuedCert]) {
+    let mut revoked = vec![&pki.revoked];
+    revoked.extend_from_slice(certs);
+    let before = gateway.metric(EPOCH);
+    pki.write("device-ca.crl", &pki.device_ca.crl(&revoked, Span::days(7)));
+    gateway.reload();
+    let reloaded = eventually(Duration::from_secs(10), || gateway.metric(EPOCH) > before);
+    assert!(
+        reloaded,
+        "the new CRL went into force:\n{}",
+        gateway.log_text()
+    );
 }
 
 /// Polls `condition` for up to `limit`.
@@ -776,4 +819,109 @@ fn serve_jwks(
     let _ = stream.flush();
     stream.conn.send_close_notify();
     let _ = stream.flush();
+}
+
+/// Reads the last response of a kept-alive connection: a 200 that says the connection
+/// closes, with nothing after it.
+pub fn read_last_response(stream: &mut TlsStream) -> String {
+    let last = read_one_response(stream);
+    assert_eq!(status_of(&last), 200, "{last}");
+    assert!(last.contains("connection: close\r\n"), "{last}");
+    let mut after = Vec::new();
+    let _ = stream.read_to_end(&mut after);
+    assert!(after.is_empty(), "{after:?}");
+    last
+}
+
+/// Asserts that the gateway closes `stream` within `limit`, without sending a byte.
+pub fn assert_closed_silently(stream: &mut TlsStream, limit: Duration) {
+    stream.sock.set_read_timeout(Some(limit)).expect("timeout");
+    let mut rest = Vec::new();
+    let closed = stream.read_to_end(&mut rest);
+    assert!(
+        closed.is_ok() || closed.is_err_and(|e| e.kind() == io::ErrorKind::UnexpectedEof),
+        "the connection was not closed"
+    );
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// Reads one response with a `Content-Length` body (none when it has no such header)
+/// from a kept-alive connection.
+pub fn read_one_response(stream: &mut TlsStream) -> String {
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("response head");
+        bytes.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&bytes).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("response body");
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// A kept-alive backend that answers requests for `/slow…` paths after `delay` and
+/// others at once, counting the slow requests it has begun to answer.
+pub struct SlowBackend {
+    pub addr: String,
+    pub started: Arc<AtomicUsize>,
+    pub answered: Arc<AtomicUsize>,
+}
+
+impl SlowBackend {
+    pub fn start(delay: Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let started = Arc::new(AtomicUsize::new(0));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counts = (started.clone(), answered.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let counts = counts.clone();
+                std::thread::spawn(move || answer_slowly(stream, delay, &counts.0, &counts.1));
+            }
+        });
+        Self {
+            addr,
+            started,
+            answered,
+        }
+    }
+}
+
+fn answer_slowly(
+    mut stream: TcpStream,
+    delay: Duration,
+    started: &AtomicUsize,
+    answered: &AtomicUsize,
+) {
+    let mut pending = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(read) => pending.extend_from_slice(&chunk[..read]),
+            }
+            continue;
+        };
+        let head: Vec<u8> = pending.drain(..end + 4).collect();
+        if head.starts_with(b"GET /slow") {
+            started.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(delay);
+        }
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ndone\n";
+        if stream.write_all(answer).is_err() {
+            return;
+        }
+        answered.fetch_add(1, Ordering::SeqCst);
+    }
 }
