@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite. On a fresh Debian 12 machine it first installs what the
-# tests talk to (curl, openssl, nginx, wrk, h2load) and cargo-nextest, when they are
-# missing.
+# tests talk to (curl, openssl, nginx, HAProxy, wrk, h2load) and cargo-nextest, when
+# they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,7 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v curl >/dev/null || missing+=(curl)
 command -v openssl >/dev/null || missing+=(openssl)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v haproxy >/dev/null || missing+=(haproxy)
 command -v wrk >/dev/null || missing+=(wrk)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -18,8 +19,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q "${missing[@]}"
-  # Debian's nginx package starts a system instance on port 80; the tests start their own.
-  $sudo systemctl stop nginx 2>/dev/null || $sudo service nginx stop 2>/dev/null || true
+  # Debian's nginx and HAProxy packages start system instances; the tests start their own.
+  for service in nginx haproxy; do
+    $sudo systemctl stop $service 2>/dev/null || $sudo service $service stop 2>/dev/null || true
+  done
 fi
 command -v cargo-nextest >/dev/null || cargo install cargo-nextest --locked
 

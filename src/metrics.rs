@@ -36,13 +36,16 @@ pub enum Shed {
     SourceConnections,
     /// Its handshake stalled while the worker was at `limits.max_handshakes_per_worker`.
     StalledHandshake,
+    /// It came from a trusted load balancer without a valid PROXY protocol header.
+    ProxyHeader,
 }
 
 impl Shed {
-    const ALL: [Self; 3] = [
+    const ALL: [Self; 4] = [
         Self::WorkerConnections,
         Self::SourceConnections,
         Self::StalledHandshake,
+        Self::ProxyHeader,
     ];
 
     /// The metric label.
@@ -51,6 +54,7 @@ impl Shed {
             Self::WorkerConnections => "worker_connections",
             Self::SourceConnections => "source_connections",
             Self::StalledHandshake => "stalled_handshake",
+            Self::ProxyHeader => "bad_proxy_header",
         }
     }
 }

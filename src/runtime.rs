@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::proxy::admission::SourceCounts;
 use crate::proxy::drain::DrainSwitch;
 use crate::proxy::{self, Worker};
+use crate::upstream::proxy_protocol::TrustedSources;
 use crate::{admin, socket};
 
 /// How often a worker's latencies are moved to where a scrape reads them.
@@ -39,7 +40,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 #[derive(Debug)]
 pub struct Settings {
     /// Addresses to accept TLS on.
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<Listener>,
     /// Worker threads; `0` for one per allowed CPU.
     pub workers: usize,
     /// Pin each worker to a CPU.
@@ -66,11 +67,20 @@ pub struct Settings {
     pub restart_only: RestartOnly,
 }
 
+/// An address to accept TLS on.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Where.
+    pub addr: SocketAddr,
+    /// The load balancers whose connections begin with a PROXY protocol header.
+    pub proxy_sources: Option<Arc<TrustedSources>>,
+}
+
 /// The settings a reload leaves as they are, since they shape the listeners, the
 /// workers and the logs: a change to one of them takes a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartOnly {
-    listen: Vec<String>,
+    listen: Vec<config::Listed<config::ListenConfig>>,
     runtime: config::RuntimeConfig,
     limits: LimitsConfig,
     admin: Option<config::AdminConfig>,
@@ -115,13 +125,23 @@ impl Settings {
             problems.push("listen", "at least one address is required");
         }
         let mut listen = Vec::new();
-        for (index, text) in config.listen.iter().enumerate() {
-            match text.parse::<SocketAddr>() {
-                Ok(addr) => listen.push(addr),
-                Err(_) => problems.push(
-                    &format!("listen[{index}]"),
-                    format!("{text:?} is not an IP:port address (IPv6 as \"[::]:8443\")"),
-                ),
+        for (index, entry) in config.listen.iter().enumerate() {
+            let text = &entry.address;
+            let addr = text.parse::<SocketAddr>().map_err(|_| {
+                let why = format!("{text:?} is not an IP:port address (IPv6 as \"[::]:8443\")");
+                problems.push(&format!("listen[{index}]"), why)
+            });
+            let trusted = entry.proxy_protocol.as_ref().map(|inbound| {
+                TrustedSources::parse(&inbound.trusted).map_err(|error| {
+                    let field = format!("listen[{index}].proxy_protocol.trusted");
+                    problems.push(&field, error)
+                })
+            });
+            if let (Ok(addr), Ok(trusted)) = (addr, trusted.transpose()) {
+                listen.push(Listener {
+                    addr,
+                    proxy_sources: trusted.map(Arc::new),
+                });
             }
         }
         let admin = config
@@ -353,32 +373,36 @@ fn worker_count(configured: usize) -> usize {
 /// Binds each address once per worker, after checking that no other process listens
 /// there. A configured port 0 becomes one free port that every worker shares.
 fn bind_all(
-    addrs: &[SocketAddr],
+    listen: &[Listener],
     workers: usize,
-) -> Result<(Vec<Vec<TcpListener>>, Vec<SocketAddr>), StartError> {
-    let mut per_worker: Vec<Vec<TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+) -> Result<(Vec<Vec<BoundListener>>, Vec<SocketAddr>), StartError> {
+    let mut per_worker: Vec<Vec<BoundListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
-    for &configured in addrs {
+    for listener in listen {
+        let configured = listener.addr;
         let mut addr = socket::claim(configured).map_err(|error| StartError::Bind {
             addr: configured,
             error,
         })?;
         for listeners in per_worker.iter_mut() {
-            let listener =
+            let bound_listener =
                 socket::bind_reuseport(addr).map_err(|error| StartError::Bind { addr, error })?;
-            addr = listener
+            addr = bound_listener
                 .local_addr()
                 .map_err(|error| StartError::Bind { addr, error })?;
-            listeners.push(listener);
+            listeners.push((bound_listener, listener.proxy_sources.clone()));
         }
         bound.push(addr);
     }
     Ok((per_worker, bound))
 }
 
+/// A bound socket, and the load balancers whose PROXY headers it reads.
+type BoundListener = (TcpListener, Option<Arc<TrustedSources>>);
+
 struct WorkerPlan {
     index: usize,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<BoundListener>,
     cpu: Option<core_affinity::CoreId>,
     driver: IoDriverChoice,
     worker: (Arc<ArcSwap<IngressSet>>, LimitsConfig, Arc<Metrics>),
@@ -478,7 +502,11 @@ fn collect_drivers(
 }
 
 /// Serves until the gateway drains and this worker's last connection has ended.
-async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>, drain: Arc<DrainSwitch>) {
+async fn serve_listeners(
+    listeners: Vec<BoundListener>,
+    worker: Rc<Worker>,
+    drain: Arc<DrainSwitch>,
+) {
     {
         let worker = worker.clone();
         monoio::spawn(async move { worker.draining.follow(drain).await });
@@ -499,9 +527,13 @@ async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>, drain:
         worker.metrics.clone(),
     ));
     let mut loops = Vec::new();
-    for listener in listeners {
+    for (listener, proxied) in listeners {
         match monoio::net::TcpListener::from_std(listener) {
-            Ok(listener) => loops.push(monoio::spawn(accept_loop(listener, worker.clone()))),
+            Ok(listener) => loops.push(monoio::spawn(accept_loop(
+                listener,
+                proxied,
+                worker.clone(),
+            ))),
             Err(error) => warn!(%error, "listener could not join the worker's runtime"),
         }
     }
@@ -516,7 +548,11 @@ async fn serve_listeners(listeners: Vec<TcpListener>, worker: Rc<Worker>, drain:
 
 /// Accepts until the worker drains; then the listener closes, and new connections to
 /// this worker's socket are refused.
-async fn accept_loop(listener: monoio::net::TcpListener, worker: Rc<Worker>) {
+async fn accept_loop(
+    listener: monoio::net::TcpListener,
+    proxied: Option<Arc<TrustedSources>>,
+    worker: Rc<Worker>,
+) {
     loop {
         let accepted = monoio::select! {
             accepted = listener.accept() => accepted,
@@ -524,7 +560,7 @@ async fn accept_loop(listener: monoio::net::TcpListener, worker: Rc<Worker>) {
         };
         match accepted {
             Ok((socket, peer)) => {
-                proxy::take(socket, peer, &worker);
+                proxy::take(socket, peer, proxied.clone(), &worker);
             }
             Err(error) => {
                 warn!(%error, "accept failed");

@@ -82,7 +82,7 @@ fn head_parsing(c: &mut Criterion) {
         b.iter(|| head::parse(black_box(text.as_bytes()), limits).unwrap())
     });
     group.bench_function("write_forwarded", |b| {
-        b.iter(|| write_forwarded_head(&mut out, black_box(&parsed), &filter, &added))
+        b.iter(|| write_forwarded_head(&mut out, black_box(&parsed), &filter, &added, &[]))
     });
     group.finish();
 }

@@ -12,10 +12,11 @@ use serde::Deserialize;
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Config {
-    /// Addresses to accept TLS connections on, such as `"0.0.0.0:8443"` or `"[::]:8443"`.
-    /// Required. Every worker binds each address with `SO_REUSEPORT`; an IPv6 address
-    /// binds IPv6 only, so list both families to serve both.
-    pub listen: Vec<String>,
+    /// Addresses to accept TLS connections on, such as `"0.0.0.0:8443"` or `"[::]:8443"`,
+    /// each a plain address or a map with `address` and its settings. Required. Every
+    /// worker binds each address with `SO_REUSEPORT`; an IPv6 address binds IPv6 only,
+    /// so list both families to serve both.
+    pub listen: Vec<Listed<ListenConfig>>,
     /// Worker threads and the I/O driver. Default: see [`RuntimeConfig`].
     #[serde(default)]
     pub runtime: RuntimeConfig,
@@ -595,8 +596,9 @@ pub enum ApplicationAuthKind {
 /// The backends of an ingress.
 #[derive(Debug, Clone, Deserialize)]
 pub struct UpstreamConfig {
-    /// `host:port` or `unix:/path/to/socket`, tried in round robin.
-    pub backends: Vec<String>,
+    /// `host:port` or `unix:/path/to/socket`, tried in round robin; each a plain address
+    /// or a map with `address` and its settings.
+    pub backends: Vec<Listed<BackendConfig>>,
     /// Time allowed to connect to one backend before trying the next. Default `2s`.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -721,6 +723,150 @@ fn default_keepalive_timeout() -> Duration {
 
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
+}
+
+/// A list entry written as a plain address or as a map with the address and settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed<T>(pub T);
+
+impl<T> std::ops::Deref for Listed<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<'de, T: Deserialize<'de> + From<String>> Deserialize<'de> for Listed<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry<T>(std::marker::PhantomData<T>);
+
+        impl<'de, T: Deserialize<'de> + From<String>> serde::de::Visitor<'de> for Entry<T> {
+            type Value = T;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address, or a map with `address` and its settings")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<T, E> {
+                Ok(T::from(text.to_owned()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        (deserializer.deserialize_any(Entry(std::marker::PhantomData))).map(Listed)
+    }
+}
+
+/// One listening address.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ListenConfig {
+    /// `IP:port`.
+    pub address: String,
+    /// Read a PROXY protocol header (version 1 or 2) from connections that come from a
+    /// load balancer in front. Default: none.
+    #[serde(default)]
+    pub proxy_protocol: Option<InboundProxyConfig>,
+}
+
+impl From<String> for ListenConfig {
+    fn from(address: String) -> Self {
+        Self {
+            address,
+            proxy_protocol: None,
+        }
+    }
+}
+
+/// Which connections carry a PROXY protocol header.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct InboundProxyConfig {
+    /// Source networks (`10.0.0.0/8`, `192.0.2.7`, `2001:db8::/32`) whose connections
+    /// must begin with a header; its client address is then the one used in logs, limits
+    /// and headers. A connection from anywhere else that begins with a header is closed.
+    pub trusted: Vec<String>,
+}
+
+/// One backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BackendConfig {
+    /// `host:port` or `unix:/path/to/socket`.
+    pub address: String,
+    /// Begin each connection with a PROXY protocol header: `none` (default), `v1` (the
+    /// client address only) or `v2` (the address and the TLS facts as TLVs).
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocolVersion,
+    /// With `v2`: the TLV type (224 to 239, the custom range) that carries the client
+    /// certificate's DER. Default: none.
+    #[serde(default)]
+    pub certificate_tlv: Option<u8>,
+    /// How the device is described to this backend: `edge` (the `identity_headers`,
+    /// default), `xfcc` (Envoy's `X-Forwarded-Client-Cert`) or `nginx`
+    /// (`X-SSL-Client-Verify`, `-S-DN`, `-I-DN`, `-Serial`, `-Fingerprint`, `-Cert`).
+    #[serde(default)]
+    pub identity_format: IdentityFormat,
+    /// TLS to this backend (rustls on aws-lc-rs, TLS 1.2 and 1.3). Default: none.
+    #[serde(default)]
+    pub tls: Option<BackendTlsConfig>,
+}
+
+/// How the gateway speaks TLS to a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BackendTlsConfig {
+    /// PEM file with the CA certificates the backend's certificate must lead to.
+    /// Required.
+    pub ca_file: PathBuf,
+    /// The name sent as SNI and checked against the backend's certificate. Default: the
+    /// host part of the address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// PEM certificate chain the gateway presents when the backend asks. Default: none.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// Its private key; required with `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+}
+
+impl From<String> for BackendConfig {
+    fn from(address: String) -> Self {
+        Self {
+            address,
+            proxy_protocol: ProxyProtocolVersion::None,
+            certificate_tlv: None,
+            identity_format: IdentityFormat::Edge,
+            tls: None,
+        }
+    }
+}
+
+/// Which PROXY protocol header a backend connection begins with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyProtocolVersion {
+    /// None.
+    #[default]
+    None,
+    /// Version 1, text: the addresses only.
+    V1,
+    /// Version 2, binary: the addresses and TLVs.
+    V2,
+}
+
+/// How the device certificate is described to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityFormat {
+    /// The headers named under `identity_headers`.
+    #[default]
+    Edge,
+    /// Envoy's `X-Forwarded-Client-Cert`.
+    Xfcc,
+    /// The `X-SSL-Client-*` names nginx configurations commonly set.
+    Nginx,
 }
 
 /// A field that takes either one value or a list.

@@ -4,6 +4,7 @@
 
 pub mod backend_response;
 pub mod chunked;
+pub mod client_cert;
 pub mod head;
 pub mod response;
 pub mod rewrite;

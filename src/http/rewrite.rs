@@ -34,11 +34,12 @@ pub struct FieldFilter {
 }
 
 impl FieldFilter {
-    /// Removes the hop-by-hop fields, `extra` (the identity header names, lowercase), and
-    /// `Authorization` unless `keep_authorization`.
+    /// Removes the hop-by-hop fields, the fields of every client-certificate format,
+    /// `extra` (the identity header names, lowercase), and `Authorization` unless
+    /// `keep_authorization`.
     pub fn new(extra: impl IntoIterator<Item = String>, keep_authorization: bool) -> Self {
-        let mut removed: Vec<String> = ALWAYS_REMOVED
-            .iter()
+        let mut removed: Vec<String> = (ALWAYS_REMOVED.iter())
+            .chain(&super::client_cert::FIELD_NAMES)
             .map(|name| (*name).to_owned())
             .collect();
         removed.extend(extra.into_iter().map(|name| normalized(&name)));
@@ -128,12 +129,14 @@ impl IdentityHeaders {
 }
 
 /// Writes the head to forward into `out` (cleared first): the request line, the kept
-/// fields, then `added` (name, value) pairs, each value made safe for a header.
+/// fields, then `added` (name, value) pairs, each value made safe for a header, then
+/// `encoded` pairs, whose values the gateway encoded itself and are written as they are.
 pub fn write_forwarded_head(
     out: &mut Vec<u8>,
     head: &RequestHead,
     filter: &FieldFilter,
     added: &[(&str, &str)],
+    encoded: &[(&str, &str)],
 ) {
     out.clear();
     out.extend_from_slice(head.method().as_bytes());
@@ -167,6 +170,10 @@ pub fn write_forwarded_head(
         if !name.is_empty() {
             push_field(out, name, safe_value(value).as_bytes());
         }
+    }
+    for (name, value) in encoded {
+        debug_assert!(value.bytes().all(|byte| matches!(byte, b' '..=b'~')));
+        push_field(out, name, value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -227,7 +234,7 @@ mod tests {
         };
         let head = parse(text.as_bytes(), limits).unwrap().unwrap();
         let mut out = Vec::new();
-        write_forwarded_head(&mut out, &head, filter, added);
+        write_forwarded_head(&mut out, &head, filter, added, &[]);
         String::from_utf8(out).unwrap()
     }
 

@@ -26,7 +26,7 @@ use tracing::{debug, debug_span, field, Instrument, Span};
 use crate::access_log::{AccessLog, RequestEntry};
 use crate::auth::cache::TokenCache;
 use crate::auth::{Authorizer, Verdict};
-use crate::config::{Balance, LimitsConfig};
+use crate::config::{Balance, LimitsConfig, ProxyProtocolVersion};
 use crate::http::head::RequestHead;
 use crate::http::GatewayResponse;
 use crate::ingress::{Ingress, IngressSet};
@@ -35,11 +35,12 @@ use crate::tls::chain_cache::VerifiedChain;
 use crate::tls::stream::{self, HandshakeFacts, TlsReader, TlsSession, TlsWriter};
 use crate::tls::HandshakeRefusal;
 use crate::upstream::pool::IdlePool;
-use crate::upstream::{BackendReader, BackendWriter};
+use crate::upstream::proxy_protocol::{self, TrustedSources};
+use crate::upstream::{Backend, BackendReader, BackendWriter};
 use admission::{Admitted, Caps, HandshakeSlot, SourceCounts, WorkerLoad, HANDSHAKE_STALL};
 use drain::Draining;
 use exchange::{Abort, Exchange, Signal};
-use requests::{Client, HeadFailure};
+use requests::{Client, HeadFailure, TlsSummary};
 
 /// How long a refused client gets to read the gateway's final response before the
 /// connection is dropped.
@@ -237,9 +238,93 @@ impl Worker {
     }
 }
 
-/// Takes an accepted connection: closes it at once when it is over a cap, otherwise
-/// serves it on a task of its own.
-pub fn take(socket: TcpStream, peer: SocketAddr, worker: &Rc<Worker>) {
+/// Where a connection comes from and goes to: the socket's addresses, or those a
+/// trusted load balancer's PROXY header gave; and what was read before the handshake.
+pub struct Arrival {
+    /// The client.
+    pub peer: SocketAddr,
+    /// The address it connected to.
+    pub destination: Option<SocketAddr>,
+    /// Bytes that followed the PROXY header, the start of the handshake.
+    pub initial: Vec<u8>,
+}
+
+/// Takes an accepted connection. From a load balancer `proxied` trusts, its PROXY header
+/// is read first, on a task of its own; then, with the client's address known, the
+/// connection is closed at once when it is over a cap, or otherwise served.
+pub fn take(
+    socket: TcpStream,
+    peer: SocketAddr,
+    proxied: Option<Arc<TrustedSources>>,
+    worker: &Rc<Worker>,
+) {
+    if proxied.is_some_and(|trusted| trusted.contains(peer.ip())) {
+        monoio::spawn(take_proxied(socket, peer, worker.clone()));
+        return;
+    }
+    let arrival = Arrival {
+        peer,
+        destination: None,
+        initial: Vec::new(),
+    };
+    admit(socket, arrival, worker);
+}
+
+/// Reads a trusted load balancer's PROXY header, within the handshake timeout; a
+/// connection without a valid one is closed and counted.
+async fn take_proxied(mut socket: TcpStream, balancer: SocketAddr, worker: Rc<Worker>) {
+    let limit = worker.limits.handshake_timeout;
+    let read = monoio::time::timeout(limit, read_proxy_header(&mut socket)).await;
+    let why = match read {
+        Ok(Ok((received, initial))) => {
+            let (peer, destination) = match received.addresses {
+                Some((source, destination)) => (source, Some(destination)),
+                None => (balancer, None),
+            };
+            let arrival = Arrival {
+                peer,
+                destination,
+                initial,
+            };
+            return admit(socket, arrival, &worker);
+        }
+        Ok(Err(why)) => why,
+        Err(_) => "no PROXY header within the handshake timeout",
+    };
+    worker.metrics.connection_shed(Shed::ProxyHeader);
+    debug!(balancer = %balancer, why, "PROXY header refused");
+    if let Some(log) = &worker.access_log {
+        log.refused(balancer, None, Shed::ProxyHeader.label());
+    }
+}
+
+/// Reads until a whole PROXY header has arrived: its addresses, and what came after it.
+async fn read_proxy_header(
+    socket: &mut TcpStream,
+) -> Result<(proxy_protocol::Received, Vec<u8>), &'static str> {
+    use monoio::io::AsyncReadRent;
+    let mut input: Vec<u8> = Vec::with_capacity(256);
+    loop {
+        match proxy_protocol::parse(&input) {
+            Ok(Some(received)) => {
+                let rest = input.split_off(received.length);
+                return Ok((received, rest));
+            }
+            Ok(None) => {}
+            Err(proxy_protocol::Malformed(why)) => return Err(why),
+        }
+        let chunk = Vec::with_capacity(512);
+        let (read, chunk) = socket.read(chunk).await;
+        match read {
+            Ok(0) | Err(_) => return Err("closed before a whole PROXY header"),
+            Ok(_) => input.extend_from_slice(&chunk),
+        }
+    }
+}
+
+/// Closes a connection over a cap at once; serves the others on a task of their own.
+fn admit(socket: TcpStream, arrival: Arrival, worker: &Rc<Worker>) {
+    let peer = arrival.peer;
     let admitted = match worker.load.admit(peer.ip(), &worker.caps) {
         Ok(admitted) => admitted,
         Err(shed) => {
@@ -251,11 +336,12 @@ pub fn take(socket: TcpStream, peer: SocketAddr, worker: &Rc<Worker>) {
             return;
         }
     };
-    monoio::spawn(serve(socket, peer, worker.clone(), admitted));
+    monoio::spawn(serve(socket, arrival, worker.clone(), admitted));
 }
 
 /// Serves one admitted connection to its end.
-async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>, admitted: Admitted) {
+async fn serve(socket: TcpStream, arrival: Arrival, worker: Rc<Worker>, admitted: Admitted) {
+    let peer = arrival.peer;
     worker.metrics.connection_opened();
     let span = debug_span!(
         "connection",
@@ -265,15 +351,21 @@ async fn serve(socket: TcpStream, peer: SocketAddr, worker: Rc<Worker>, admitted
         client.subject = field::Empty,
         client.sha256 = field::Empty,
     );
-    serve_connection(socket, peer, &worker)
+    serve_connection(socket, arrival, &worker)
         .instrument(span)
         .await;
     worker.metrics.connection_closed();
     drop(admitted);
 }
 
-async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) {
+async fn serve_connection(socket: TcpStream, arrival: Arrival, worker: &Worker) {
     let _ = socket.set_nodelay(true);
+    let Arrival {
+        peer,
+        destination,
+        initial,
+    } = arrival;
+    let destination = destination.or_else(|| socket.local_addr().ok());
     // Boxed, as is the relay below: the future of a connection that waits for its next
     // request holds only what waiting needs, not the largest step's state.
     // A handshake counts against the worker's cap from the client's first bytes on: a
@@ -298,7 +390,7 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         Some(config)
     };
     let session = monoio::select! {
-        session = Box::pin(handshake(socket, peer, worker, choose, admit)) => session,
+        session = Box::pin(handshake(socket, initial, peer, worker, choose, admit)) => session,
         _ = evicted.wait() => {
             debug!("handshake dropped: stalled while others waited");
             None
@@ -316,8 +408,15 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         mut writer,
         mut facts,
     } = session;
-    // Kept for the access log only: an idle connection holds nothing it does not need.
-    let sni = facts.sni.take().filter(|_| worker.access_log.is_some());
+    // Kept for the access log and PROXY headers only: an idle connection holds nothing
+    // it does not need.
+    let wanted = worker.access_log.is_some() || local.ingress.upstream.sends_proxy_headers();
+    let sni = facts.sni.take().filter(|_| wanted);
+    let tls = TlsSummary {
+        destination,
+        version: facts.version.map(version_name),
+        resumed: facts.resumed,
+    };
     let Ok(device) = device_of(facts, worker, &local.ingress) else {
         if let Some(log) = &worker.access_log {
             log.refused(peer, sni.as_deref(), "certificate_no_longer_valid");
@@ -330,6 +429,8 @@ async fn serve_connection(socket: TcpStream, peer: SocketAddr, worker: &Worker) 
         peer,
         sni: sni.as_deref(),
         device: device.as_deref().map(|chain| &chain.identity),
+        chain: device.as_deref(),
+        tls,
     };
     let Some(chain) = device.clone() else {
         serve_requests(&mut reader, &mut writer, &client).await;
@@ -359,6 +460,7 @@ async fn send_pending_alert(writer: &mut TlsWriter) {
 
 async fn handshake(
     socket: TcpStream,
+    initial: Vec<u8>,
     peer: SocketAddr,
     worker: &Worker,
     choose: impl FnOnce(Option<&str>) -> Option<Arc<rustls::ServerConfig>>,
@@ -366,7 +468,7 @@ async fn handshake(
 ) -> Option<TlsSession> {
     let limit = worker.limits.handshake_timeout;
     let started = Instant::now();
-    let accept = stream::accept(socket, choose, admit);
+    let accept = stream::accept(socket, initial, choose, admit);
     let outcome = monoio::time::timeout(limit, accept).await;
     let failure = match outcome {
         Ok(Ok(session)) => {
@@ -492,13 +594,27 @@ async fn serve_first(
         let response = GatewayResponse::backends_busy();
         return refuse(reader, writer, client, &response, with_body, entry).await;
     }
-    let (backend, backend_reader, backend_writer) = match backend(worker, local).await {
+    let (backend, backend_reader, mut backend_writer) = match backend(worker, local).await {
         Some(connection) => connection,
         None => {
             let response = GatewayResponse::bad_gateway("no backend could be reached");
             return refuse(reader, writer, client, &response, with_body, entry).await;
         }
     };
+    // A backend that reads PROXY headers gets this client's at the start of the
+    // connection, which therefore serves this client only (it is never pooled).
+    let settings = &local.ingress.upstream.backends()[backend];
+    if let Some(header) = proxy_header(settings, client) {
+        let abort = Abort::new();
+        let (sent, _) = backend_writer.send_all(header, abort.handle()).await;
+        if let Err(error) = sent {
+            debug!(%error, "sending the PROXY header failed");
+            let response = GatewayResponse::bad_gateway("the backend connection broke");
+            return refuse(reader, writer, client, &response, with_body, entry).await;
+        }
+    }
+    let pooled = settings.proxy_protocol == ProxyProtocolVersion::None;
+    let format = settings.identity_format;
 
     // Released however this ends, the connection's future dropped included (a
     // revocation closes the connection from outside).
@@ -510,6 +626,7 @@ async fn serve_first(
             requests::relay_requests(
                 reader,
                 backend_writer,
+                format,
                 (head, user, entry, received),
                 input,
                 client,
@@ -525,7 +642,7 @@ async fn serve_first(
     };
     drop(in_use);
     // A backend connection left clean by this client serves the next one.
-    if let Some((Some(backend_writer), Some(backend_reader))) = ended {
+    if let (Some((Some(backend_writer), Some(backend_reader))), true) = (ended, pooled) {
         local
             .idle_backends
             .put(backend, backend_reader, backend_writer);
@@ -538,6 +655,48 @@ async fn serve_first(
     if exchange.gave_final_response() {
         linger(reader).await;
     }
+}
+
+/// The PROXY protocol header `backend` wants at the start of a connection for `client`.
+fn proxy_header(backend: &Backend, client: &Client<'_>) -> Option<Vec<u8>> {
+    let destination = client.tls.destination?;
+    match backend.proxy_protocol {
+        ProxyProtocolVersion::None => None,
+        ProxyProtocolVersion::V1 => Some(proxy_protocol::v1_header(client.peer, destination)),
+        ProxyProtocolVersion::V2 => {
+            let leaf = client.chain.and_then(|chain| chain.certificates.first());
+            let common_name = client
+                .chain
+                .map(|chain| common_name(&chain.identity.subject));
+            let facts = proxy_protocol::ClientFacts {
+                source: client.peer,
+                destination,
+                sni: client.sni,
+                alpn: Some(crate::tls::ALPN_HTTP11),
+                tls_version: client.tls.version,
+                device: common_name.zip(leaf.map(|der| der.as_ref())),
+                certificate_in_handshake: !client.tls.resumed,
+            };
+            Some(proxy_protocol::v2_header(&facts, backend.certificate_tlv))
+        }
+    }
+}
+
+/// A TLS version as OpenSSL names it, the form PROXY headers carry.
+fn version_name(version: rustls::ProtocolVersion) -> &'static str {
+    match version {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "unknown",
+    }
+}
+
+/// The `CN=` value of an RFC 4514 subject, or the whole subject when it has none.
+fn common_name(subject: &str) -> &str {
+    subject
+        .split(',')
+        .find_map(|part| part.trim().strip_prefix("CN="))
+        .unwrap_or(subject)
 }
 
 /// One exchange counted against a backend on this worker, until dropped.

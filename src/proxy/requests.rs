@@ -14,11 +14,14 @@ use super::{LocalIngress, Worker};
 use crate::access_log::{ConnectionFacts, RequestEntry};
 use crate::auth::paths::PathDecision;
 use crate::auth::{AuthRefusal, Authorized, Verdict, UNKNOWN_KID_WAIT};
+use crate::config::IdentityFormat;
 use crate::http::chunked::ChunkedBody;
+use crate::http::client_cert;
 use crate::http::head::{self, BodyFraming, RequestHead};
 use crate::http::rewrite::write_forwarded_head;
 use crate::http::{GatewayResponse, HttpError};
 use crate::metrics::Timed;
+use crate::tls::chain_cache::VerifiedChain;
 use crate::tls::stream::TlsReader;
 use crate::tls::ClientIdentity;
 use crate::upstream::BackendWriter;
@@ -41,6 +44,22 @@ pub struct Client<'a> {
     pub sni: Option<&'a str>,
     /// The verified device, when it presented a certificate.
     pub device: Option<&'a ClientIdentity>,
+    /// Its verified chain, the leaf first.
+    pub chain: Option<&'a VerifiedChain>,
+    /// What its handshake established, for PROXY protocol headers.
+    pub tls: TlsSummary,
+}
+
+/// What a PROXY protocol header tells a backend about the handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsSummary {
+    /// The address the client connected to.
+    pub destination: Option<SocketAddr>,
+    /// The TLS version, as OpenSSL names it.
+    pub version: Option<&'static str>,
+    /// The session was resumed from a ticket (the certificate is the session's, not
+    /// presented again).
+    pub resumed: bool,
 }
 
 impl Client<'_> {
@@ -273,20 +292,39 @@ pub async fn authorize(
     ))
 }
 
-/// The identity fields added to a forwarded request.
+/// The identity fields added to a forwarded request: those whose values are to be
+/// made safe for a header, and those the gateway encoded itself. The device is
+/// described in `format`; the user always in the gateway's own fields.
 pub fn identity_fields<'a>(
     client: &'a Client<'_>,
     user: Option<&'a Authorized>,
-) -> Vec<(&'a str, String)> {
+    format: IdentityFormat,
+) -> client_cert::Fields<'a> {
     let names = &client.local.ingress.identity;
     let mut fields = vec![
         ("x-forwarded-for", client.peer.ip().to_string()),
         ("x-forwarded-proto", "https".to_owned()),
     ];
-    if let Some(device) = client.device {
-        fields.push((names.cert_subject.as_str(), device.subject.clone()));
-        fields.push((names.cert_sans.as_str(), device.sans.join(", ")));
-        fields.push((names.cert_fingerprint.as_str(), device.fingerprint.clone()));
+    let mut encoded = Vec::new();
+    match (format, client.chain) {
+        (IdentityFormat::Edge, Some(chain)) => {
+            let device = &chain.identity;
+            fields.push((names.cert_subject.as_str(), device.subject.clone()));
+            fields.push((names.cert_sans.as_str(), device.sans.join(", ")));
+            fields.push((names.cert_fingerprint.as_str(), device.fingerprint.clone()));
+        }
+        (IdentityFormat::Xfcc, Some(chain)) => {
+            encoded.push(("x-forwarded-client-cert", client_cert::xfcc(chain)));
+        }
+        (IdentityFormat::Nginx, Some(chain)) => {
+            let described = client_cert::nginx_fields(chain);
+            fields.extend(described.text);
+            encoded.extend(described.encoded);
+        }
+        (IdentityFormat::Nginx, None) => {
+            encoded.push(("x-ssl-client-verify", "NONE".to_owned()));
+        }
+        (_, None) => {}
     }
     if let Some(user) = user {
         if let Some(subject) = &user.subject {
@@ -301,7 +339,17 @@ pub fn identity_fields<'a>(
             }
         }
     }
+    client_cert::Fields {
+        text: fields,
+        encoded,
+    }
+}
+
+fn as_pairs<'a>(fields: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
     fields
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect()
 }
 
 /// The request direction once a backend is connected: forwards `first`, then every
@@ -311,6 +359,7 @@ pub fn identity_fields<'a>(
 pub async fn relay_requests(
     reader: &mut TlsReader,
     mut backend: BackendWriter,
+    format: IdentityFormat,
     first: Passed,
     mut input: Vec<u8>,
     client: &Client<'_>,
@@ -349,13 +398,14 @@ pub async fn relay_requests(
             },
             entry,
         );
-        let fields = identity_fields(client, user.as_deref());
-        let fields: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let described = identity_fields(client, user.as_deref(), format);
+        let (fields, encoded) = (as_pairs(&described.text), as_pairs(&described.encoded));
         write_forwarded_head(
             &mut scratch,
             &head,
             &client.local.ingress.identity.filter,
             &fields,
+            &encoded,
         );
         client.worker.metrics.request_forwarded();
         if let Err(failure) = send(&mut backend, &mut scratch, cancel).await {

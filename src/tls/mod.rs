@@ -2,6 +2,7 @@
 //! and its chain cache, revocation, session tickets, and rustls driven over monoio
 //! sockets. What happens to the decrypted bytes is the proxy's business.
 
+pub mod backend;
 pub mod chain_cache;
 pub mod client_auth;
 pub mod handshake_notes;

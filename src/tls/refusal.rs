@@ -28,11 +28,14 @@ pub enum HandshakeRefusal {
     PeerClosed,
     /// Anything else the TLS layer refused: versions, ciphers, malformed messages.
     ProtocolError,
+    /// The connection began with a PROXY protocol header, from an address not trusted to
+    /// send one (closed without an alert).
+    UntrustedProxyHeader,
 }
 
 impl HandshakeRefusal {
     /// Every reason, for metrics that list all of them from the start.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::CertificateRequired,
         Self::UnknownCa,
         Self::CertificateRevoked,
@@ -43,6 +46,7 @@ impl HandshakeRefusal {
         Self::Timeout,
         Self::PeerClosed,
         Self::ProtocolError,
+        Self::UntrustedProxyHeader,
     ];
 
     /// The metric label and log value.
@@ -58,6 +62,7 @@ impl HandshakeRefusal {
             Self::Timeout => "handshake_timeout",
             Self::PeerClosed => "peer_closed",
             Self::ProtocolError => "protocol_error",
+            Self::UntrustedProxyHeader => "untrusted_proxy_header",
         }
     }
 

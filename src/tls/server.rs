@@ -197,7 +197,7 @@ fn resumption(
 /// first, which ties the transcript and key schedule to SHA-384; CPUs hash SHA-256 in
 /// hardware (SHA-NI) but SHA-384 in software, and that alone was a tenth of the CPU of a
 /// full handshake. Every suite stays available; only the server's preference changes.
-fn provider() -> CryptoProvider {
+pub(super) fn provider() -> CryptoProvider {
     let mut provider = aws_lc_rs::default_provider();
     provider
         .cipher_suites

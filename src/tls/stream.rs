@@ -1,5 +1,6 @@
 //! rustls driven over monoio's owned-buffer sockets: the handshake, then a session split
-//! into a reader and a writer that share the one `ServerConnection`.
+//! into a reader and a writer that share the one rustls connection. The same halves carry
+//! the client side of a TLS connection to a backend.
 //!
 //! The two halves run as concurrent futures of one connection task on one thread, so the
 //! connection lives in an `Rc<RefCell<_>>` and no borrow is ever held across an `.await`.
@@ -16,12 +17,17 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 use rustls::pki_types::CertificateDer;
+use rustls::pki_types::ServerName;
 use rustls::server::Acceptor;
-use rustls::{HandshakeKind, ProtocolVersion, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, Connection, HandshakeKind, ProtocolVersion, ServerConfig,
+    ServerConnection,
+};
 
 use super::handshake_notes::{self, HandshakeNotes};
 use super::refusal::HandshakeRefusal;
 use crate::socket;
+use crate::upstream::proxy_protocol;
 
 /// Size of each socket read.
 const READ_CHUNK: usize = 16 * 1024;
@@ -71,25 +77,37 @@ pub struct TlsSession {
     pub facts: HandshakeFacts,
 }
 
-/// Runs a server handshake on `socket`, under the configuration `choose` gives for the
+/// Runs a server handshake on `socket` (whose first bytes, when already read, are
+/// `initial`), under the configuration `choose` gives for the
 /// SNI the client sent (`None`: refused with `unrecognized_name`). On failure the alert
 /// rustls chose has been sent. Once the client's first bytes have arrived, `admit`
 /// decides whether the handshake goes on (it may wait for room first): a connection
 /// that sends nothing has not begun a handshake.
 pub async fn accept(
     socket: TcpStream,
+    initial: Vec<u8>,
     choose: impl FnOnce(Option<&str>) -> Option<Arc<ServerConfig>>,
     admit: impl AsyncFnOnce() -> bool,
 ) -> Result<TlsSession, HandshakeFailure> {
+    let received = !initial.is_empty();
     let mut handshake = Handshake {
         socket,
-        input: Vec::with_capacity(QUIET_READ),
+        input: initial,
         sni: None,
         notes: Rc::default(),
         leftover: Vec::new(),
-        received: false,
+        received,
     };
-    handshake.read_some().await?;
+    if !received {
+        handshake.input.reserve(QUIET_READ);
+        handshake.read_some().await?;
+    }
+    // A PROXY protocol header where a ClientHello belongs: the listener does not trust
+    // this address to send one (a trusted one's was read before the handshake).
+    if proxy_protocol::starts_with_header(&handshake.input) {
+        let detail = "a PROXY protocol header from an untrusted address";
+        return Err(handshake.failure(HandshakeRefusal::UntrustedProxyHeader, detail));
+    }
     if !admit().await {
         return Err(handshake.failure(HandshakeRefusal::PeerClosed, "not admitted: draining"));
     }
@@ -285,28 +303,78 @@ fn feed(conn: &mut ServerConnection, mut input: &[u8]) -> Result<(), rustls::Err
 }
 
 fn split(socket: TcpStream, conn: ServerConnection, facts: HandshakeFacts) -> TlsSession {
-    let shared = Rc::new(RefCell::new(conn));
-    let (read_half, write_half) = socket.into_split();
+    let (reader, writer) = halves(socket, Connection::Server(conn));
     TlsSession {
-        reader: TlsReader {
-            socket: read_half,
-            conn: shared.clone(),
-            input: Vec::with_capacity(QUIET_READ),
-            consumed: 0,
-        },
-        writer: TlsWriter {
-            socket: write_half,
-            conn: shared,
-            output: Vec::new(),
-        },
+        reader,
+        writer,
         facts,
     }
+}
+
+fn halves(socket: TcpStream, conn: Connection) -> (TlsReader, TlsWriter) {
+    let shared = Rc::new(RefCell::new(conn));
+    let (read_half, write_half) = socket.into_split();
+    let reader = TlsReader {
+        socket: read_half,
+        conn: shared.clone(),
+        input: Vec::with_capacity(QUIET_READ),
+        consumed: 0,
+    };
+    let writer = TlsWriter {
+        socket: write_half,
+        conn: shared,
+        output: Vec::new(),
+    };
+    (reader, writer)
+}
+
+/// Runs a client handshake to a backend on `socket`, checking its certificate for
+/// `name` under `config`; the session split into its two directions.
+pub async fn connect(
+    mut socket: TcpStream,
+    config: Arc<ClientConfig>,
+    name: ServerName<'static>,
+) -> io::Result<(TlsReader, TlsWriter)> {
+    let invalid = |error: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, error);
+    let mut conn = ClientConnection::new(config, name).map_err(invalid)?;
+    let mut input = Vec::with_capacity(READ_CHUNK);
+    while conn.is_handshaking() {
+        let mut output = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut output)?;
+        }
+        if !output.is_empty() {
+            let (sent, _) = socket.write_all(output).await;
+            sent?;
+            continue;
+        }
+        input.clear();
+        let (read, buffer) = socket.read(input).await;
+        input = buffer;
+        if read? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut pending = &input[..];
+        while !pending.is_empty() {
+            conn.read_tls(&mut pending)?;
+            if let Err(error) = conn.process_new_packets() {
+                // The alert rustls queued says why; the error is what the log needs.
+                let mut alert = Vec::new();
+                let _ = conn.write_tls(&mut alert);
+                let _ = socket.write_all(alert).await;
+                return Err(invalid(error));
+            }
+        }
+    }
+    // The client's last flight (its Finished) goes out with the first request, which the
+    // writer sends after whatever rustls has queued.
+    Ok(halves(socket, Connection::Client(conn)))
 }
 
 /// The client-to-gateway direction of a session.
 pub struct TlsReader {
     socket: OwnedReadHalf<TcpStream>,
-    conn: Rc<RefCell<ServerConnection>>,
+    conn: Rc<RefCell<Connection>>,
     input: Vec<u8>,
     consumed: usize,
 }
@@ -395,7 +463,7 @@ impl TlsReader {
 /// The gateway-to-client direction of a session.
 pub struct TlsWriter {
     socket: OwnedWriteHalf<TcpStream>,
-    conn: Rc<RefCell<ServerConnection>>,
+    conn: Rc<RefCell<Connection>>,
     output: Vec<u8>,
 }
 

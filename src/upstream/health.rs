@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use rustls::{ClientConnection, StreamOwned};
 use tracing::{info, warn};
 
-use super::{Backend, BackendAddress};
+use super::{proxy_protocol, Backend, BackendAddress};
 use crate::config::{EjectionConfig, HealthCheckConfig};
 use crate::reload::Lifetime;
 
@@ -143,8 +144,20 @@ fn check(backend: &Backend, config: &HealthCheckConfig) -> bool {
         BackendAddress::Tcp(addrs) => addrs.iter().any(|addr| {
             let left = deadline.saturating_duration_since(Instant::now());
             !left.is_zero()
-                && TcpStream::connect_timeout(addr, left)
-                    .is_ok_and(|stream| http_check(stream, backend, config, deadline))
+                && TcpStream::connect_timeout(addr, left).is_ok_and(|stream| {
+                    match (&backend.tls, &config.http_path) {
+                        // The GET goes over TLS, as requests do.
+                        (Some(tls), Some(_)) => {
+                            ClientConnection::new(tls.config.clone(), tls.name.clone()).is_ok_and(
+                                |conn| {
+                                    let stream = StreamOwned::new(conn, stream);
+                                    http_check(stream, backend, config, deadline)
+                                },
+                            )
+                        }
+                        _ => http_check(stream, backend, config, deadline),
+                    }
+                })
         }),
         // A Unix socket connect does not wait on the network; the deadline bounds the
         // exchange that follows.
@@ -162,6 +175,12 @@ impl Timed for TcpStream {
     fn limit(&self, left: Duration) -> std::io::Result<()> {
         self.set_read_timeout(Some(left))?;
         self.set_write_timeout(Some(left))
+    }
+}
+
+impl Timed for StreamOwned<ClientConnection, TcpStream> {
+    fn limit(&self, left: Duration) -> std::io::Result<()> {
+        self.sock.limit(left)
     }
 }
 
@@ -186,12 +205,17 @@ fn http_check(
         .name
         .strip_prefix("unix:")
         .map_or(backend.name.as_str(), |_| "localhost");
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: srrrs-edge-health-check\r\n\
-         connection: close\r\n\r\n"
+    // A backend that reads PROXY headers gets one that speaks for the gateway itself.
+    let mut request = proxy_protocol::health_check_header(backend.proxy_protocol);
+    request.extend_from_slice(
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: srrrs-edge-health-check\r\n\
+             connection: close\r\n\r\n"
+        )
+        .as_bytes(),
     );
     if stream.limit(left().max(Duration::from_millis(1))).is_err()
-        || stream.write_all(request.as_bytes()).is_err()
+        || stream.write_all(&request).is_err()
     {
         return false;
     }

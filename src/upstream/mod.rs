@@ -15,11 +15,14 @@ use monoio::net::{TcpStream, UnixStream};
 use monoio::BufResult;
 use tracing::{debug, warn};
 
-use crate::config::{IngressSource, Problems};
+use crate::config::{BackendConfig, IdentityFormat, IngressSource, Problems, ProxyProtocolVersion};
 use crate::reload::Lifetime;
+use crate::tls::backend::BackendTls;
+use crate::tls::stream::{self, TlsReader, TlsWriter};
 
 pub mod health;
 pub mod pool;
+pub mod proxy_protocol;
 use crate::config::{Balance, EjectionConfig, HealthCheckConfig};
 use crate::socket;
 use health::BackendHealth;
@@ -40,6 +43,14 @@ pub struct Backend {
     pub name: String,
     /// Where to connect.
     pub address: BackendAddress,
+    /// The PROXY protocol header each connection begins with.
+    pub proxy_protocol: ProxyProtocolVersion,
+    /// The TLV type carrying the client certificate in a version 2 header.
+    pub certificate_tlv: Option<u8>,
+    /// How the device is described to it.
+    pub identity_format: IdentityFormat,
+    /// TLS to it, when it takes only TLS.
+    pub tls: Option<BackendTls>,
 }
 
 impl fmt::Display for Backend {
@@ -55,10 +66,7 @@ impl Backend {
             if !path.starts_with('/') {
                 return Err(format!("{spec:?}: a Unix socket path must be absolute"));
             }
-            return Ok(Self {
-                name: spec.to_owned(),
-                address: BackendAddress::Unix(path.into()),
-            });
+            return Ok(Self::at(spec, BackendAddress::Unix(path.into())));
         }
         let addrs: Vec<SocketAddr> = spec
             .to_socket_addrs()
@@ -67,10 +75,56 @@ impl Backend {
         if addrs.is_empty() {
             return Err(format!("{spec:?}: the name resolves to no address"));
         }
-        Ok(Self {
+        Ok(Self::at(spec, BackendAddress::Tcp(addrs)))
+    }
+
+    fn at(spec: &str, address: BackendAddress) -> Self {
+        Self {
             name: spec.to_owned(),
-            address: BackendAddress::Tcp(addrs),
-        })
+            address,
+            proxy_protocol: ProxyProtocolVersion::None,
+            certificate_tlv: None,
+            identity_format: IdentityFormat::Edge,
+            tls: None,
+        }
+    }
+
+    /// Builds a backend from its configured entry, reading the files it names (resolved
+    /// by `resolve`).
+    pub fn build(
+        config: &BackendConfig,
+        resolve: impl Fn(&std::path::Path) -> PathBuf,
+    ) -> Result<Self, String> {
+        let custom = 0xe0..=0xef;
+        if let Some(kind) = config.certificate_tlv.filter(|kind| !custom.contains(kind)) {
+            return Err(format!(
+                "certificate_tlv {kind} is outside the custom range 224 to 239 (0xE0 to 0xEF)"
+            ));
+        }
+        if config.certificate_tlv.is_some() && config.proxy_protocol != ProxyProtocolVersion::V2 {
+            return Err("certificate_tlv needs proxy_protocol: v2".into());
+        }
+        let mut backend = Self::parse(&config.address)?;
+        if backend.proxy_protocol_unsupported(config.proxy_protocol) {
+            return Err("a Unix socket backend takes no PROXY protocol header".into());
+        }
+        backend.proxy_protocol = config.proxy_protocol;
+        backend.certificate_tlv = config.certificate_tlv;
+        backend.identity_format = config.identity_format;
+        if let Some(tls) = &config.tls {
+            let BackendAddress::Tcp(_) = &backend.address else {
+                return Err("tls: a Unix socket backend is reached without TLS".into());
+            };
+            let host =
+                (config.address.rsplit_once(':')).map_or(config.address.as_str(), |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            backend.tls = Some(BackendTls::build(tls, host, resolve)?);
+        }
+        Ok(backend)
+    }
+
+    fn proxy_protocol_unsupported(&self, version: ProxyProtocolVersion) -> bool {
+        matches!(self.address, BackendAddress::Unix(_)) && version != ProxyProtocolVersion::None
     }
 
     async fn connect(&self, timeout: Duration) -> io::Result<BackendStream> {
@@ -85,7 +139,19 @@ impl Backend {
                     match within(timeout, TcpStream::connect_addr(*addr)).await {
                         Ok(stream) => {
                             let _ = stream.set_nodelay(true);
-                            return Ok(BackendStream::Tcp(stream));
+                            let Some(tls) = &self.tls else {
+                                return Ok(BackendStream::Tcp(stream));
+                            };
+                            let handshake =
+                                stream::connect(stream, tls.config.clone(), tls.name.clone());
+                            match within(timeout, handshake).await {
+                                Ok((reader, writer)) => {
+                                    return Ok(BackendStream::Tls(reader, writer))
+                                }
+                                Err(error) => {
+                                    last_error = io::Error::other(format!("TLS: {error}"))
+                                }
+                            }
                         }
                         Err(error) => last_error = error,
                     }
@@ -134,8 +200,8 @@ impl BackendPool {
             );
         }
         let mut backends = Vec::new();
-        for (index, spec) in upstream.backends.iter().enumerate() {
-            match Backend::parse(spec) {
+        for (index, entry) in upstream.backends.iter().enumerate() {
+            match Backend::build(entry, |path| loaded.resolve(path)) {
                 Ok(backend) => backends.push(backend),
                 Err(error) => problems.push(&format!("ingress.upstream.backends[{index}]"), error),
             }
@@ -155,6 +221,11 @@ impl BackendPool {
             max_connections_per_worker: upstream.max_connections_per_worker,
             response_timeout: upstream.response_timeout,
         })
+    }
+
+    /// Whether a backend reads PROXY headers, which carry the SNI.
+    pub fn sends_proxy_headers(&self) -> bool {
+        (self.backends.iter()).any(|backend| backend.proxy_protocol != ProxyProtocolVersion::None)
     }
 
     /// The backends, in configured order.
@@ -232,6 +303,8 @@ async fn within<T>(
 pub enum BackendStream {
     /// Over TCP.
     Tcp(TcpStream),
+    /// Over TLS, its handshake done.
+    Tls(TlsReader, TlsWriter),
     /// Over a Unix stream socket.
     Unix(UnixStream),
 }
@@ -248,6 +321,10 @@ impl BackendStream {
                 let (read, write) = stream.into_split();
                 (BackendReader::Unix(read), BackendWriter::Unix(write))
             }
+            Self::Tls(reader, writer) => (
+                BackendReader::Tls(Box::new(reader)),
+                BackendWriter::Tls(Box::new(writer)),
+            ),
         }
     }
 }
@@ -258,6 +335,8 @@ pub enum BackendReader {
     Tcp(OwnedReadHalf<TcpStream>),
     /// Over a Unix stream socket.
     Unix(OwnedReadHalf<UnixStream>),
+    /// Over TLS.
+    Tls(Box<TlsReader>),
 }
 
 impl BackendReader {
@@ -270,6 +349,12 @@ impl BackendReader {
         match self {
             Self::Tcp(half) => half.cancelable_read(buffer, cancel.clone()).await,
             Self::Unix(half) => half.cancelable_read(buffer, cancel.clone()).await,
+            Self::Tls(reader) => {
+                let mut buffer = buffer;
+                buffer.clear();
+                let read = reader.read(&mut buffer, cancel).await;
+                (read, buffer)
+            }
         }
     }
 }
@@ -280,6 +365,8 @@ pub enum BackendWriter {
     Tcp(OwnedWriteHalf<TcpStream>),
     /// Over a Unix stream socket.
     Unix(OwnedWriteHalf<UnixStream>),
+    /// Over TLS.
+    Tls(Box<TlsWriter>),
 }
 
 impl BackendWriter {
@@ -292,6 +379,7 @@ impl BackendWriter {
         match self {
             Self::Tcp(half) => socket::send_all(half, buffer, cancel).await,
             Self::Unix(half) => socket::send_all(half, buffer, cancel).await,
+            Self::Tls(writer) => (writer.write_all(&buffer, cancel).await, buffer),
         }
     }
 
@@ -300,6 +388,11 @@ impl BackendWriter {
         match self {
             Self::Tcp(half) => half.shutdown().await,
             Self::Unix(half) => half.shutdown().await,
+            Self::Tls(writer) => {
+                let never = monoio::io::Canceller::new();
+                writer.close(&never.handle()).await?;
+                writer.shutdown().await
+            }
         }
     }
 }

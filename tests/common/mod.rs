@@ -584,8 +584,20 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// Answers every request with `nginx saw METHOD URI`.
     pub fn start(dir: &Path) -> Self {
+        Self::start_with(dir, |port| {
+            format!(
+                "listen 127.0.0.1:{port};
+    location / {{ return 200 \"nginx saw $request_method $request_uri\\n\"; }}"
+            )
+        })
+    }
+
+    /// Runs the server block `server(port)` returns.
+    pub fn start_with(dir: &Path, server: impl FnOnce(u16) -> String) -> Self {
         let port = free_port();
+        let server = server(port);
         let root = dir.join(format!("nginx-{port}"));
         std::fs::create_dir_all(root.join("tmp")).expect("nginx dir");
         let config = format!(
@@ -603,8 +615,7 @@ http {{
   uwsgi_temp_path {root}/tmp/uwsgi;
   scgi_temp_path {root}/tmp/scgi;
   server {{
-    listen 127.0.0.1:{port};
-    location / {{ return 200 \"nginx saw $request_method $request_uri\\n\"; }}
+    {server}
   }}
 }}
 ",
