@@ -19,7 +19,7 @@ use aws_lc_rs::digest;
 use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use srrrs_edge::demo::pki::{Authority, CertRequest};
+use srrrs_edge::demo::pki::{Authority, CertRequest, IssuedCert};
 
 const CLIENT_IP: &str = "127.0.0.2";
 
@@ -47,7 +47,18 @@ fn gateway_with(pki: &TestPki, backends: &[String], extra: &str) -> (Gateway, u1
 /// `GET path` with the good device's certificate, from [`CLIENT_IP`], through `port`:
 /// the response body.
 fn get_from_client_ip(pki: &TestPki, port: u16, path: &str, headers: &[&str]) -> String {
-    let (cert, key) = pki.client_files("device-good", &pki.good);
+    get_as(pki, ("device-good", &pki.good), port, path, headers)
+}
+
+/// The same with another device's certificate.
+fn get_as(
+    pki: &TestPki,
+    (name, device): (&str, &IssuedCert),
+    port: u16,
+    path: &str,
+    headers: &[&str],
+) -> String {
+    let (cert, key) = pki.client_files(name, device);
     let resolve = format!("localhost:{port}:127.0.0.1");
     let mut extra = vec!["--interface", CLIENT_IP, "--resolve", &resolve, "--http1.1"];
     for header in headers {
@@ -496,6 +507,80 @@ fn xfcc_and_nginx_formats_describe_the_device_and_client_copies_are_removed() {
 }
 
 #[test]
+fn the_nginx_and_xfcc_formats_say_what_nginx_itself_reads_from_the_certificate() {
+    let pki = TestPki::new();
+    // RFC 4514 specials and a non-ASCII letter in the name, and a SPIFFE ID.
+    let request = CertRequest::client("d\u{e9}vice 7, \"lab\"+bench; <x>")
+        .uri("spiffe://example.test/device/7");
+    let device = pki.device_ca.issue(&request);
+    let dir = pki.dir.path().display().to_string();
+    let direct = Nginx::start_with(pki.dir.path(), |port| {
+        format!(
+            "listen 127.0.0.1:{port} ssl;
+    ssl_certificate {dir}/server.pem;
+    ssl_certificate_key {dir}/server.key;
+    ssl_client_certificate {dir}/device-root.pem;
+    ssl_verify_client on;
+    ssl_verify_depth 3;
+    location / {{ return 200 \"$ssl_client_verify\\n$ssl_client_s_dn\\n$ssl_client_i_dn\\n\
+$ssl_client_serial\\n$ssl_client_fingerprint\\n\"; }}"
+        )
+    });
+    let (cert, key) = pki.client_files("device-7", &device);
+    let url = format!("https://localhost:{}/", direct.addr.port());
+    let output = curl_mtls(&pki, Some((&cert, &key)), &url, &[]);
+    let seen = String::from_utf8_lossy(&output.stdout).into_owned();
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 5, "nginx answered {seen:?}");
+    let [verify, subject, issuer, serial, fingerprint] = lines[..] else {
+        unreachable!()
+    };
+    assert!(
+        subject.contains("\\C3\\A9"),
+        "nginx escapes non-ASCII bytes: {subject}"
+    );
+
+    let (nginx_style, nginx_addr) = echo_backend();
+    let (xfcc_style, xfcc_addr) = echo_backend();
+    let backends = [
+        format!("{{address: \"{nginx_addr}\", identity_format: nginx}}"),
+        format!("{{address: \"{xfcc_addr}\", identity_format: xfcc}}"),
+    ];
+    let (_gateway, port) = gateway_with(&pki, &backends, "");
+    for _ in 0..10 {
+        get_as(&pki, ("device-7", &device), port, "/", &[]);
+        if !nginx_style.received().is_empty() && !xfcc_style.received().is_empty() {
+            break;
+        }
+    }
+    let headers = &nginx_style.received()[0].headers;
+    let one = |name: &str| headers_named(headers, name).concat();
+    assert_eq!(one("x-ssl-client-verify"), verify);
+    assert_eq!(one("x-ssl-client-s-dn"), subject);
+    assert_eq!(one("x-ssl-client-i-dn"), issuer);
+    assert_eq!(one("x-ssl-client-serial"), serial);
+    assert_eq!(one("x-ssl-client-fingerprint"), fingerprint);
+
+    let headers = &xfcc_style.received()[0].headers;
+    let elements = parse_xfcc(&headers_named(headers, "x-forwarded-client-cert").concat());
+    let get = |key: &str| -> Vec<String> {
+        (elements[0].iter())
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(get("Subject"), [subject.to_owned()]);
+    assert_eq!(get("URI"), ["spiffe://example.test/device/7".to_owned()]);
+    let chain: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&url_decode(&get("Chain")[0]))
+        .map(|cert| cert.expect("PEM").to_vec())
+        .collect();
+    let sent: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(device.chain_pem.as_bytes())
+        .map(|cert| cert.expect("PEM").to_vec())
+        .collect();
+    assert_eq!(chain, sent, "the chain, leaf first");
+}
+
+#[test]
 fn proxy_protocol_and_format_settings_are_checked_with_their_fields() {
     let pki = TestPki::new();
     let config = pki
@@ -571,6 +656,37 @@ fn tls_to_an_nginx_backend_with_its_own_ca_and_a_client_certificate_and_502_with
             "TLSv1.3 sni=backend.test client=CN=edge-gateway,O=srrrs dev PKI\n"
         );
     }
+
+    // A TLS backend that reads PROXY headers gets the header first, before the
+    // handshake; its HTTP health checks (a LOCAL header, then TLS) pass.
+    let proxied = Nginx::start_with(pki.dir.path(), |port| {
+        format!(
+            "listen 127.0.0.1:{port} ssl proxy_protocol;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate {dir}/backend.pem;
+    ssl_certificate_key {dir}/backend.key;
+    location / {{ return 200 \"$ssl_protocol client=$proxy_protocol_addr uri=$request_uri\\n\"; }}"
+        )
+    });
+    let backends = [format!(
+        "{{address: \"{}\", proxy_protocol: v2, tls: {{ca_file: backend-root.pem, \
+         server_name: backend.test}}}}",
+        proxied.addr
+    )];
+    let checks = "    health_check: {interval: 100ms, http_path: /health}\n";
+    let (with_header, port) = gateway_with(&pki, &backends, checks);
+    let body = get_from_client_ip(&pki, port, "/proxied", &[]);
+    assert_eq!(body, format!("TLSv1.3 client={CLIENT_IP} uri=/proxied\n"));
+    let checked = || {
+        std::fs::read_to_string(proxied.root.join("access.log"))
+            .is_ok_and(|log| log.contains("GET /health"))
+    };
+    assert!(eventually(Duration::from_secs(5), checked));
+    let up = "srrrs_backend_up{backend=\"".to_owned() + &proxied.addr.to_string();
+    assert_eq!(
+        with_header.metric(&format!("{up}\",ingress=\"localhost\"}}")),
+        1.0
+    );
 
     // A gateway that trusts another CA for this backend refuses its certificate: 502.
     let (wrong, port) = gateway_with(&pki, &[backend("server-root.pem")], "");

@@ -5,10 +5,9 @@
 
 use aws_lc_rs::digest;
 use base64::Engine as _;
-use x509_parser::certificate::X509Certificate;
-use x509_parser::prelude::FromDer;
 
 use crate::tls::chain_cache::VerifiedChain;
+use crate::tls::identity::hex;
 
 /// Every field name either format writes: removed from what clients send, whichever
 /// format a backend reads.
@@ -76,13 +75,10 @@ pub fn nginx_fields(chain: &VerifiedChain) -> Fields<'static> {
         .certificates
         .first()
         .map_or(&[][..], |cert| cert.as_ref());
-    let issuer = X509Certificate::from_der(leaf)
-        .map(|(_, cert)| cert.issuer().to_string())
-        .unwrap_or_default();
     let fingerprint = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, leaf);
     let text = vec![
         ("x-ssl-client-s-dn", identity.subject.clone()),
-        ("x-ssl-client-i-dn", issuer),
+        ("x-ssl-client-i-dn", identity.issuer.clone()),
     ];
     let encoded = vec![
         ("x-ssl-client-verify", "SUCCESS".to_owned()),
@@ -146,10 +142,6 @@ fn pair_value(text: &str) -> String {
     } else {
         format!("\"{}\"", quoted(text))
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 #[cfg(test)]

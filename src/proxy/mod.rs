@@ -416,6 +416,7 @@ async fn serve_connection(socket: TcpStream, arrival: Arrival, worker: &Worker) 
         destination,
         version: facts.version.map(version_name),
         resumed: facts.resumed,
+        alpn: facts.alpn,
     };
     let Ok(device) = device_of(facts, worker, &local.ingress) else {
         if let Some(log) = &worker.access_log {
@@ -594,25 +595,15 @@ async fn serve_first(
         let response = GatewayResponse::backends_busy();
         return refuse(reader, writer, client, &response, with_body, entry).await;
     }
-    let (backend, backend_reader, mut backend_writer) = match backend(worker, local).await {
+    let (backend, backend_reader, backend_writer) = match backend(client).await {
         Some(connection) => connection,
         None => {
             let response = GatewayResponse::bad_gateway("no backend could be reached");
             return refuse(reader, writer, client, &response, with_body, entry).await;
         }
     };
-    // A backend that reads PROXY headers gets this client's at the start of the
-    // connection, which therefore serves this client only (it is never pooled).
+    // A connection that began with this client's PROXY header serves this client only.
     let settings = &local.ingress.upstream.backends()[backend];
-    if let Some(header) = proxy_header(settings, client) {
-        let abort = Abort::new();
-        let (sent, _) = backend_writer.send_all(header, abort.handle()).await;
-        if let Err(error) = sent {
-            debug!(%error, "sending the PROXY header failed");
-            let response = GatewayResponse::bad_gateway("the backend connection broke");
-            return refuse(reader, writer, client, &response, with_body, entry).await;
-        }
-    }
     let pooled = settings.proxy_protocol == ProxyProtocolVersion::None;
     let format = settings.identity_format;
 
@@ -664,17 +655,17 @@ fn proxy_header(backend: &Backend, client: &Client<'_>) -> Option<Vec<u8>> {
         ProxyProtocolVersion::None => None,
         ProxyProtocolVersion::V1 => Some(proxy_protocol::v1_header(client.peer, destination)),
         ProxyProtocolVersion::V2 => {
-            let leaf = client.chain.and_then(|chain| chain.certificates.first());
-            let common_name = client
-                .chain
-                .map(|chain| common_name(&chain.identity.subject));
+            let device = client.chain.and_then(|chain| {
+                let leaf = chain.certificates.first()?;
+                Some((chain.identity.common_name.as_deref(), leaf.as_ref()))
+            });
             let facts = proxy_protocol::ClientFacts {
                 source: client.peer,
                 destination,
                 sni: client.sni,
-                alpn: Some(crate::tls::ALPN_HTTP11),
+                alpn: client.tls.alpn.then_some(crate::tls::ALPN_HTTP11),
                 tls_version: client.tls.version,
-                device: common_name.zip(leaf.map(|der| der.as_ref())),
+                device,
                 certificate_in_handshake: !client.tls.resumed,
             };
             Some(proxy_protocol::v2_header(&facts, backend.certificate_tlv))
@@ -689,14 +680,6 @@ fn version_name(version: rustls::ProtocolVersion) -> &'static str {
         rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
         _ => "unknown",
     }
-}
-
-/// The `CN=` value of an RFC 4514 subject, or the whole subject when it has none.
-fn common_name(subject: &str) -> &str {
-    subject
-        .split(',')
-        .find_map(|part| part.trim().strip_prefix("CN="))
-        .unwrap_or(subject)
 }
 
 /// One exchange counted against a backend on this worker, until dropped.
@@ -716,11 +699,10 @@ impl Drop for InUse<'_> {
 }
 
 /// A backend connection: an idle one of this worker's, or a new one (round robin, the
-/// next backend when one refuses).
-async fn backend(
-    worker: &Worker,
-    local: &LocalIngress,
-) -> Option<(usize, BackendReader, BackendWriter)> {
+/// next backend when one refuses), which begins with the client's PROXY header when the
+/// backend reads them.
+async fn backend(client: &Client<'_>) -> Option<(usize, BackendReader, BackendWriter)> {
+    let (worker, local) = (client.worker, client.local);
     let health = local.ingress.upstream.health();
     while let Some(idle) = local.idle_backends.take().await {
         // One to a backend that has been marked down or ejected since is closed.
@@ -733,7 +715,9 @@ async fn backend(
     let connected = local
         .ingress
         .upstream
-        .connect(local.preferred_backend())
+        .connect(local.preferred_backend(), |backend| {
+            proxy_header(backend, client)
+        })
         .await;
     worker
         .latencies

@@ -60,6 +60,8 @@ pub struct TlsSummary {
     /// The session was resumed from a ticket (the certificate is the session's, not
     /// presented again).
     pub resumed: bool,
+    /// The client and the gateway agreed on `http/1.1` by ALPN.
+    pub alpn: bool,
 }
 
 impl Client<'_> {

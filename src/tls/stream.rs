@@ -52,6 +52,8 @@ pub struct HandshakeFacts {
     pub peer_chain: Option<Vec<CertificateDer<'static>>>,
     /// The session was resumed from a ticket.
     pub resumed: bool,
+    /// The client asked for `http/1.1` by ALPN (the one protocol offered).
+    pub alpn: bool,
 }
 
 /// A handshake that did not produce a session.
@@ -209,6 +211,7 @@ impl Handshake {
             version: conn.protocol_version(),
             peer_chain: conn.peer_certificates().map(<[_]>::to_vec),
             resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
+            alpn: conn.alpn_protocol().is_some(),
         };
         Ok(split(self.socket, conn, facts))
     }

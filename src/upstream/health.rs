@@ -137,32 +137,45 @@ fn watch(
 }
 
 /// One check, all of it within `config.timeout`: a connect, and with `http_path` a
-/// `GET` answered with a 2xx or 3xx status.
+/// `GET` answered with a 2xx or 3xx status. A backend that reads PROXY headers gets one
+/// that speaks for the gateway itself, first on the TCP stream, before any TLS.
 fn check(backend: &Backend, config: &HealthCheckConfig) -> bool {
     let deadline = Instant::now() + config.timeout;
     match &backend.address {
         BackendAddress::Tcp(addrs) => addrs.iter().any(|addr| {
             let left = deadline.saturating_duration_since(Instant::now());
             !left.is_zero()
-                && TcpStream::connect_timeout(addr, left).is_ok_and(|stream| {
-                    match (&backend.tls, &config.http_path) {
-                        // The GET goes over TLS, as requests do.
-                        (Some(tls), Some(_)) => {
-                            ClientConnection::new(tls.config.clone(), tls.name.clone()).is_ok_and(
-                                |conn| {
-                                    let stream = StreamOwned::new(conn, stream);
-                                    http_check(stream, backend, config, deadline)
-                                },
-                            )
-                        }
-                        _ => http_check(stream, backend, config, deadline),
-                    }
-                })
+                && TcpStream::connect_timeout(addr, left)
+                    .is_ok_and(|stream| tcp_check(stream, backend, config, deadline))
         }),
         // A Unix socket connect does not wait on the network; the deadline bounds the
         // exchange that follows.
         BackendAddress::Unix(path) => UnixStream::connect(path)
             .is_ok_and(|stream| http_check(stream, backend, config, deadline)),
+    }
+}
+
+fn tcp_check(
+    mut stream: TcpStream,
+    backend: &Backend,
+    config: &HealthCheckConfig,
+    deadline: Instant,
+) -> bool {
+    let header = proxy_protocol::health_check_header(backend.proxy_protocol);
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !header.is_empty()
+        && (stream.limit(left.max(Duration::from_millis(1))).is_err()
+            || stream.write_all(&header).is_err())
+    {
+        return false;
+    }
+    match (&backend.tls, &config.http_path) {
+        // The GET goes over TLS, as requests do.
+        (Some(tls), Some(_)) => ClientConnection::new(tls.config.clone(), tls.name.clone())
+            .is_ok_and(|conn| {
+                http_check(StreamOwned::new(conn, stream), backend, config, deadline)
+            }),
+        _ => http_check(stream, backend, config, deadline),
     }
 }
 
@@ -205,17 +218,12 @@ fn http_check(
         .name
         .strip_prefix("unix:")
         .map_or(backend.name.as_str(), |_| "localhost");
-    // A backend that reads PROXY headers gets one that speaks for the gateway itself.
-    let mut request = proxy_protocol::health_check_header(backend.proxy_protocol);
-    request.extend_from_slice(
-        format!(
-            "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: srrrs-edge-health-check\r\n\
-             connection: close\r\n\r\n"
-        )
-        .as_bytes(),
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nuser-agent: srrrs-edge-health-check\r\n\
+         connection: close\r\n\r\n"
     );
     if stream.limit(left().max(Duration::from_millis(1))).is_err()
-        || stream.write_all(&request).is_err()
+        || stream.write_all(request.as_bytes()).is_err()
     {
         return false;
     }

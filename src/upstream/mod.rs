@@ -127,7 +127,13 @@ impl Backend {
         matches!(self.address, BackendAddress::Unix(_)) && version != ProxyProtocolVersion::None
     }
 
-    async fn connect(&self, timeout: Duration) -> io::Result<BackendStream> {
+    /// Connects, sends `header` (a PROXY protocol header) first on the TCP stream, then
+    /// runs the TLS handshake when the backend takes TLS.
+    async fn connect(
+        &self,
+        timeout: Duration,
+        header: Option<Vec<u8>>,
+    ) -> io::Result<BackendStream> {
         match &self.address {
             BackendAddress::Unix(path) => {
                 let stream = within(timeout, UnixStream::connect(path)).await?;
@@ -136,28 +142,37 @@ impl Backend {
             BackendAddress::Tcp(addrs) => {
                 let mut last_error = io::Error::other("no address");
                 for addr in addrs {
-                    match within(timeout, TcpStream::connect_addr(*addr)).await {
-                        Ok(stream) => {
-                            let _ = stream.set_nodelay(true);
-                            let Some(tls) = &self.tls else {
-                                return Ok(BackendStream::Tcp(stream));
-                            };
-                            let handshake =
-                                stream::connect(stream, tls.config.clone(), tls.name.clone());
-                            match within(timeout, handshake).await {
-                                Ok((reader, writer)) => {
-                                    return Ok(BackendStream::Tls(reader, writer))
-                                }
-                                Err(error) => {
-                                    last_error = io::Error::other(format!("TLS: {error}"))
-                                }
-                            }
-                        }
+                    let attempt = self.connect_to(*addr, timeout, header.clone());
+                    match attempt.await {
+                        Ok(stream) => return Ok(stream),
                         Err(error) => last_error = error,
                     }
                 }
                 Err(last_error)
             }
+        }
+    }
+
+    async fn connect_to(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+        header: Option<Vec<u8>>,
+    ) -> io::Result<BackendStream> {
+        let mut stream = within(timeout, TcpStream::connect_addr(addr)).await?;
+        let _ = stream.set_nodelay(true);
+        if let Some(header) = header {
+            // Before any TLS: the header speaks for the TCP connection (proxy-protocol.txt).
+            let (sent, _) = monoio::io::AsyncWriteRentExt::write_all(&mut stream, header).await;
+            sent.map_err(|error| io::Error::other(format!("PROXY header: {error}")))?;
+        }
+        let Some(tls) = &self.tls else {
+            return Ok(BackendStream::Tcp(stream));
+        };
+        let handshake = stream::connect(stream, tls.config.clone(), tls.name.clone());
+        match within(timeout, handshake).await {
+            Ok((reader, writer)) => Ok(BackendStream::Tls(reader, writer)),
+            Err(error) => Err(io::Error::other(format!("TLS: {error}"))),
         }
     }
 }
@@ -260,10 +275,11 @@ impl BackendPool {
     /// order, trying each once: first the available ones (up and not ejected), then,
     /// when none of those connects, the others, so that a check that is wrong about
     /// every backend does not take the service down. Returns the stream and the
-    /// backend's number.
+    /// backend's number. A backend that reads PROXY headers gets `header`'s first.
     pub async fn connect(
         &self,
         preferred: usize,
+        header: impl Fn(&Backend) -> Option<Vec<u8>>,
     ) -> Result<(BackendStream, usize), NoBackendReachable> {
         let count = self.backends.len();
         let in_order = (0..count).map(|offset| (preferred + offset) % count);
@@ -271,7 +287,7 @@ impl BackendPool {
             in_order.partition(|index| self.health[*index].is_available());
         for index in available.into_iter().chain(others) {
             let backend = &self.backends[index];
-            match backend.connect(self.connect_timeout).await {
+            match backend.connect(self.connect_timeout, header(backend)).await {
                 Ok(stream) => {
                     debug!(backend = %backend, "backend connected");
                     self.health[index].connected();

@@ -43,8 +43,8 @@ pub struct ClientFacts<'a> {
     pub alpn: Option<&'a [u8]>,
     /// The TLS version, as OpenSSL names it (`TLSv1.3`).
     pub tls_version: Option<&'a str>,
-    /// The verified client certificate: its common name and DER.
-    pub device: Option<(&'a str, &'a [u8])>,
+    /// The verified client certificate: its common name, when it has one, and its DER.
+    pub device: Option<(Option<&'a str>, &'a [u8])>,
     /// Whether the certificate was presented in this handshake (not only in the session
     /// a ticket resumed).
     pub certificate_in_handshake: bool,
@@ -102,7 +102,7 @@ pub fn v2_header(facts: &ClientFacts<'_>, certificate_tlv: Option<u8>) -> Vec<u8
         // 0: the client certificate, when there is one, verified.
         ssl.extend_from_slice(&0u32.to_be_bytes());
         push_tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, version.as_bytes());
-        if let Some((common_name, _)) = facts.device {
+        if let Some((Some(common_name), _)) = facts.device {
             push_tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, common_name.as_bytes());
         }
         push_tlv(&mut body, PP2_TYPE_SSL, &ssl);
@@ -339,7 +339,8 @@ fn parse_v2(bytes: &[u8]) -> Result<Option<Received>, Malformed> {
                 SocketAddr::new(ip(16), port(34)),
             ))
         }
-        // UNSPEC, UDP or Unix addresses: nothing a TCP client address can come from.
+        // UNSPEC: the connection's own addresses stand (proxy-protocol.txt §2.2). UDP
+        // and Unix families describe no TCP client: refused, as any other family.
         (_, 0x00) => None,
         _ => return Err(Malformed("unsupported address family")),
     };
@@ -357,7 +358,7 @@ mod tests {
             sni: Some("api.test"),
             alpn: Some(b"http/1.1"),
             tls_version: Some("TLSv1.3"),
-            device: Some(("device-1", der)),
+            device: Some((Some("device-1"), der)),
             certificate_in_handshake: true,
         }
     }
