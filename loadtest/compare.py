@@ -36,8 +36,13 @@ TICKS = os.sysconf("SC_CLK_TCK")
 IDLE_CONNECTIONS = 9000
 
 PORTS = {"backend": 29080, "srrrs-edge": 29443, "haproxy": 29444, "nginx": 29445}
+ADMIN_PORT = 29901
 
-# name: (description, edge-load arguments, auth, servers)
+UNCACHED = "uncached"
+
+# name: (description, edge-load arguments, auth, servers). auth: False (no token
+# check), True, or UNCACHED (the token cache off, so that every request pays the
+# signature check, as HAProxy's jwt_verify does).
 SCENARIOS = {
     "full": ("full mTLS handshakes (P-256, one intermediate, CRL checked)",
              ["--mode", "full", "--connections", "32"], False, ["srrrs-edge", "haproxy", "nginx"]),
@@ -54,7 +59,7 @@ SCENARIOS = {
                         ["--mode", "keepalive", "--connections", "64", "--tokens", "token-rs256.txt"], True,
                         ["srrrs-edge", "haproxy"]),
     "keepalive-es256-distinct": ("keep-alive requests, ES256 JWT, a distinct token each time",
-                                 ["--mode", "keepalive", "--connections", "64", "--tokens", "tokens-es256.txt"], True,
+                                 ["--mode", "keepalive", "--connections", "64", "--tokens", "tokens-es256.txt"], UNCACHED,
                                  ["srrrs-edge", "haproxy"]),
     "idle": (f"{IDLE_CONNECTIONS:,} idle TLS connections (memory per connection)",
              ["--mode", "idle", "--connections", str(IDLE_CONNECTIONS)], False,
@@ -149,19 +154,18 @@ http {{
 """
 
 
-def start_backend(work):
+def start_backend(work, port=PORTS["backend"]):
     config = nginx_common(work, "backend") + f"""
-  server {{ listen 127.0.0.1:{PORTS['backend']}; location / {{ return 200 "ok\\n"; }} }}
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 "ok\\n"; }} }}
 }}
 """
     path = work / "backend.conf"
     path.write_text(config)
     log = open(work / "backend.log", "w")
-    return start(["nginx", "-c", str(path), "-p", str(work / "backend")], PORTS["backend"], "backend nginx", log,
-                 CLIENT_CPU)
+    return start(["nginx", "-c", str(path), "-p", str(work / "backend")], port, "backend nginx", log, CLIENT_CPU)
 
 
-def gateway_config(work, auth):
+def gateway_config(work, auth, port=PORTS["srrrs-edge"], admin=ADMIN_PORT, backend=PORTS["backend"]):
     application = """  application_auth:
     type: jwt
     issuer: "https://idp.load.test"
@@ -169,14 +173,16 @@ def gateway_config(work, auth):
     jwks_file: jwks.json
     required_claims: {department: engineering, clearance_level: high}
 """ if auth else ""
-    return f"""listen: ["127.0.0.1:{PORTS['srrrs-edge']}"]
+    if auth == UNCACHED:
+        application += "    token_cache_size: 0\n"
+    return f"""listen: ["127.0.0.1:{port}"]
 runtime: {{workers: 1}}
-admin: {{listen: "127.0.0.1:29901"}}
+admin: {{listen: "127.0.0.1:{admin}"}}
 ingress:
   hostname: localhost
   server_tls: {{cert_chain: server.pem, private_key: server.key}}
   transport_security: {{mode: mtls, client_ca_cert: ca.pem, require_crl_check: true, crl_files: [crl.pem]}}
-{application}  upstream: {{backends: ["127.0.0.1:{PORTS['backend']}"]}}
+{application}  upstream: {{backends: ["127.0.0.1:{backend}"]}}
 """
 
 

@@ -13,6 +13,8 @@ pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingress;
 pub mod metrics;

@@ -482,6 +482,51 @@ impl Metrics {
         Ok(())
     }
 
+    /// Failed fetches of the IdP's keys and of CRL URLs, by ingress: each one kept what
+    /// was in force, so that only a log line and these counters tell of it.
+    fn encode_fetch_failures(
+        &self,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let ingresses = self.ingresses();
+        let jwks: Vec<(&str, u64)> = (ingresses.iter())
+            .filter_map(|ingress| {
+                let failures = ingress.auth.as_ref()?.keys().fetch_failures();
+                Some((ingress.hostname.as_str(), failures))
+            })
+            .collect();
+        let crls: Vec<(&str, u64)> = (ingresses.iter())
+            .filter_map(|ingress| {
+                let sources = ingress.tls.revocation.as_ref()?;
+                let failures = sources.fetch_failures();
+                (!sources.urls.is_empty()).then_some((ingress.hostname.as_str(), failures))
+            })
+            .collect();
+        let families = [
+            (
+                "jwks_fetch_failures",
+                "JWKS loads (file, URL or discovery) that failed; the keys in force stayed",
+                jwks,
+            ),
+            (
+                "crl_fetch_failures",
+                "CRL URL fetches that failed; the last good copy stayed",
+                crls,
+            ),
+        ];
+        for (name, help, counts) in families {
+            if counts.is_empty() {
+                continue;
+            }
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (ingress, count) in counts {
+                let labels = [("ingress", ingress)];
+                ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records which I/O driver the workers run on.
     pub fn set_io_driver(&self, driver: &str) {
         *self
@@ -624,6 +669,7 @@ impl Collector for Metrics {
         ConstCounter::new(forwarded).encode(metric)?;
 
         self.encode_backends(&mut encoder)?;
+        self.encode_fetch_failures(&mut encoder)?;
         self.encode_latencies(&mut encoder)?;
 
         let access_log = self

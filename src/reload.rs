@@ -1,11 +1,11 @@
 //! Reloading what changes while the gateway runs: the server certificate and key (when
 //! either file changes, and on SIGHUP), CRLs (files when they change, URLs on their
-//! interval, everything on SIGHUP) and session ticket keys (the key file when it
-//! changes, or the in-memory key when its rotation is due), each ingress's on a thread of
-//! its own. A local JWKS file is watched by its own fetcher thread; SIGHUP asks it to
-//! read the file (or fetch the URL) again. New state goes into force for new handshakes
-//! at once and for live connections at the workers' next sweep; a source that fails to
-//! load keeps what is in force and says why.
+//! interval or soon after a failed fetch, everything on SIGHUP) and session ticket keys
+//! (the key file when it changes, or the in-memory key when its rotation is due), each
+//! ingress's on a thread of its own. A local JWKS file is watched by its own fetcher
+//! thread; SIGHUP asks it to read the file (or fetch the URL) again. New state goes into
+//! force for new handshakes at once and for live connections at the workers' next sweep;
+//! a source that fails to load keeps what is in force and says why.
 //!
 //! The configuration file and the client CA bundles are watched by [`ConfigWatch`]: a
 //! change rebuilds every ingress and swaps the new set in. The threads of a replaced
@@ -36,6 +36,10 @@ const POLL: Duration = Duration::from_secs(1);
 
 /// How far ahead a CRL's expiry is warned about.
 const EXPIRY_WARNING: i64 = 3600;
+
+/// How soon CRL URLs are fetched again after one failed (or the refresh interval, if
+/// shorter): the devices a missing CRL covers are refused meanwhile.
+const CRL_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(15);
 
 /// How many reloads have been asked for; each reload thread compares it with the last
 /// count it acted on.
@@ -141,10 +145,15 @@ impl RevocationReloader {
         let fetch_due = !self.sources.urls.is_empty() && Instant::now() >= self.next_fetch;
         if asked || files_changed || fetch_due {
             self.stamps = stamps;
+            let failures = self.sources.fetch_failures();
             if fetch_due || asked {
                 self.next_fetch = Instant::now() + self.sources.refresh;
             }
             self.reload(fetch_due || asked);
+            if self.sources.fetch_failures() > failures {
+                let retry = Instant::now() + CRL_RETRY_AFTER_FAILURE;
+                self.next_fetch = self.next_fetch.min(retry);
+            }
         }
         self.warn_about_expiry();
     }

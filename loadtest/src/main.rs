@@ -51,6 +51,10 @@ enum Command {
         /// How many distinct tokens each token pool holds.
         #[arg(long, default_value_t = 5_000)]
         pool: usize,
+        /// Also write this many more good devices (`device-K`) and CRLs `crl-0.pem` …
+        /// `crl-N.pem`, the K-th revoking devices 1 to K (for soaks).
+        #[arg(long, default_value_t = 0)]
+        revocations: usize,
     },
 }
 
@@ -129,7 +133,11 @@ fn main() {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Run(options) => run(*options),
-        Command::Fixtures { out, pool } => fixtures::write(&out, pool),
+        Command::Fixtures {
+            out,
+            pool,
+            revocations,
+        } => fixtures::write(&out, pool, revocations),
     };
     if let Err(message) = outcome {
         eprintln!("error: {message}");

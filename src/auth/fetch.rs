@@ -77,6 +77,11 @@ pub fn spawn(
             if lifetime.is_over() {
                 return;
             }
+            // Taken before the read, so that a write landing during it is seen next.
+            let stamp = match &source {
+                KeySource::File(path) => FileStamp::of(path),
+                _ => None,
+            };
             let loaded = fetch(&source, &settings).and_then(|document| {
                 install(&document.body, &settings, &store).map(|_| document.max_age)
             });
@@ -85,6 +90,7 @@ pub fn spawn(
                     .map(|age| age.clamp(settings.min_refresh, settings.max_refresh))
                     .unwrap_or(settings.refresh_interval),
                 Err(error) => {
+                    store.fetch_failed();
                     let keeping = store.snapshot().jwks.keys.len();
                     warn!(
                         source = %describe(&source), %error, keeping,
@@ -95,7 +101,7 @@ pub fn spawn(
             };
             store.fetch_finished();
             match &source {
-                KeySource::File(path) => wait_for_change(path, &store, next),
+                KeySource::File(path) => wait_for_change(path, stamp, &store, next),
                 _ => {
                     store.wait_for_request(next);
                 }
@@ -104,10 +110,9 @@ pub fn spawn(
     Ok(())
 }
 
-/// Waits until a local JWKS file changes (looked at every second), a fetch is asked
-/// for, or `longest` passes.
-fn wait_for_change(path: &Path, store: &KeyStore, longest: Duration) {
-    let stamp = FileStamp::of(path);
+/// Waits until a local JWKS file differs from `stamp` (looked at every second), a
+/// fetch is asked for, or `longest` passes.
+fn wait_for_change(path: &Path, stamp: Option<FileStamp>, store: &KeyStore, longest: Duration) {
     let deadline = Instant::now() + longest;
     while Instant::now() < deadline {
         if store.wait_for_request(FILE_POLL) || FileStamp::of(path) != stamp {

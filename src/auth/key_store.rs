@@ -28,6 +28,7 @@ pub struct KeySnapshot {
 pub struct KeyStore {
     current: ArcSwap<KeySnapshot>,
     fetches_finished: AtomicU64,
+    fetch_failures: AtomicU64,
     wake: Mutex<bool>,
     wakeup: Condvar,
     last_unknown_kid_fetch: Mutex<Option<Instant>>,
@@ -40,6 +41,7 @@ impl KeyStore {
         Arc::new(Self {
             current: ArcSwap::from_pointee(KeySnapshot::default()),
             fetches_finished: AtomicU64::new(0),
+            fetch_failures: AtomicU64::new(0),
             wake: Mutex::new(false),
             wakeup: Condvar::new(),
             last_unknown_kid_fetch: Mutex::new(None),
@@ -83,6 +85,16 @@ impl KeyStore {
     /// Called by the fetcher after each attempt.
     pub fn fetch_finished(&self) {
         self.fetches_finished.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many fetches have failed (the keys in force stayed), for `/metrics`.
+    pub fn fetch_failures(&self) -> u64 {
+        self.fetch_failures.load(Ordering::Relaxed)
+    }
+
+    /// Called by the fetcher after an attempt that failed.
+    pub fn fetch_failed(&self) {
+        self.fetch_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Asks for a fetch because a token named an unknown `kid`. Returns `false`, and

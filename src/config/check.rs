@@ -12,6 +12,10 @@ const MAX_HEAD_LIMIT: usize = 1024 * 1024;
 /// lines of at least 8000 octets; far below that, ordinary requests fail.
 const MIN_HEAD_LIMIT: usize = 1024;
 
+/// The longest clock-skew allowance for token times: skew is seconds or minutes; a
+/// day would already accept tokens a day after they expired.
+const MAX_LEEWAY: Duration = Duration::from_secs(3600);
+
 /// The longest ticket lifetime TLS 1.3 allows.
 const MAX_TICKET_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -186,6 +190,12 @@ fn check_auth(ingress: &IngressConfig, problems: &mut Problems) {
         if value.is_zero() {
             problems.push(&field(name), "must be longer than zero");
         }
+    }
+    if auth.leeway > MAX_LEEWAY {
+        problems.push(
+            &field("leeway"),
+            "at most 1h (it allows for clock skew only)",
+        );
     }
     if auth.min_refresh_interval > auth.max_refresh_interval {
         problems.push(

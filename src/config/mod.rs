@@ -270,10 +270,19 @@ impl Problem {
     }
 }
 
+/// The deepest nesting of mappings and lists a file may have. The schema needs about
+/// eight levels; a deeper file is refused before its nesting can use up the stack of
+/// the thread that parses it: the reload thread has 2 MiB, which the parser's default
+/// limit of 64 levels overflows in an unoptimised build.
+const MAX_YAML_DEPTH: usize = 24;
+
 fn yaml_options() -> serde_saphyr::Options {
     let mut options = serde_saphyr::Options::default();
     options.with_snippet = false;
     options.strict_booleans = true;
+    let mut budget = serde_saphyr::budget::Budget::default();
+    budget.max_depth = MAX_YAML_DEPTH;
+    options.budget = Some(budget);
     options
 }
 
@@ -377,6 +386,35 @@ ingress:
         let paths: Vec<_> = problems.iter().map(|p| (p.path.as_str(), p.line)).collect();
         assert!(paths.contains(&("ingress.colour", Some(4))), "{problems:?}");
         assert!(paths.contains(&("extra", Some(8))), "{problems:?}");
+    }
+
+    #[test]
+    fn a_deeply_nested_file_is_refused_before_it_exhausts_the_stack() {
+        let nested = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let text = MINIMAL.replace(
+            "{mode: tls}",
+            &format!("{{mode: mtls, client_ca_cert: {nested}}}"),
+        );
+        let parsing = std::thread::Builder::new()
+            .stack_size(2 * 1024 * 1024)
+            .spawn(move || problems_of(&text))
+            .expect("a thread");
+        let problems = parsing.join().expect("no stack overflow");
+        assert!(problems[0].message.contains("depth"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_leeway_beyond_an_hour_is_refused() {
+        let text = MINIMAL.replace(
+            "  upstream:",
+            "  application_auth: {type: jwt, issuer: i, audience: a, jwks_file: k.json, \
+             leeway: 100years}\n  upstream:",
+        );
+        let loaded = parse(Path::new("t.yaml"), &text).expect("parses");
+        let mut problems = loaded.problems();
+        check_values(&loaded.config, &mut problems);
+        let error = problems.into_error();
+        assert_eq!(error.problems[0].path, "ingress.application_auth.leeway");
     }
 
     #[test]

@@ -358,8 +358,9 @@ pub struct TransportSecurityConfig {
     /// cover have no known status. Default: none.
     #[serde(default)]
     pub crl_urls: Vec<String>,
-    /// How often `crl_urls` are fetched again. Default `5m`. (CRL files are reread as
-    /// soon as they change, and on SIGHUP.)
+    /// How often `crl_urls` are fetched again; after a failed fetch, 15 s (or this, if
+    /// shorter). Default `5m`. (CRL files are reread as soon as they change, and on
+    /// SIGHUP.)
     #[serde(default = "default_crl_refresh", with = "humantime_serde")]
     pub crl_refresh_interval: Duration,
     /// Verified chains remembered across workers, so that a device's next full handshake
@@ -501,7 +502,7 @@ pub struct ApplicationAuthConfig {
     /// fetch waits at least this long. Default `30s`.
     #[serde(default = "default_unknown_kid_cooldown", with = "humantime_serde")]
     pub unknown_kid_cooldown: Duration,
-    /// Clock skew allowed on `exp` and `nbf`. Default `60s`.
+    /// Clock skew allowed on `exp` and `nbf`. Default `60s`, at most `1h`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
     /// Signature algorithms accepted, further narrowed by each key's type and `alg`.

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +12,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use tracing::warn;
 use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
 
-use super::pem;
+use super::{identity, pem};
 use crate::fetch::Fetcher;
 
 /// The largest CRL accepted from a URL.
@@ -144,7 +145,7 @@ fn summarize(crl: &CertificateRevocationListDer<'_>) -> Option<CrlSummary> {
         return None;
     }
     Some(CrlSummary {
-        issuer: parsed.issuer().to_string(),
+        issuer: identity::distinguished_name(parsed.issuer()),
         issuer_der: parsed.issuer().as_raw().to_vec(),
         this_update: parsed.last_update().timestamp(),
         revoked: parsed.iter_revoked_certificates().count(),
@@ -164,6 +165,7 @@ pub struct RevocationSources {
     /// How often URLs are fetched.
     pub refresh: Duration,
     fetched: Mutex<HashMap<String, Vec<u8>>>,
+    fetch_failures: AtomicU64,
 }
 
 impl RevocationSources {
@@ -180,6 +182,7 @@ impl RevocationSources {
             fetcher,
             refresh,
             fetched: Mutex::new(HashMap::new()),
+            fetch_failures: AtomicU64::new(0),
         }
     }
 
@@ -210,6 +213,7 @@ impl RevocationSources {
                         fetched.insert(url.clone(), document.body);
                     }
                     Err(error) => {
+                        self.fetch_failures.fetch_add(1, Ordering::Relaxed);
                         warn!(%url, %error, "CRL fetch failed; keeping the last good copy")
                     }
                 }
@@ -219,6 +223,11 @@ impl RevocationSources {
             }
         }
         Ok(set)
+    }
+
+    /// How many URL fetches have failed (the last good copy stayed), for `/metrics`.
+    pub fn fetch_failures(&self) -> u64 {
+        self.fetch_failures.load(Ordering::Relaxed)
     }
 
     /// The CRL URLs that have no good copy yet.

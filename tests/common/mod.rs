@@ -356,6 +356,17 @@ impl Gateway {
             .unwrap_or(0)
     }
 
+    /// The process's resident memory (`VmRSS`), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("the gateway's /proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
+
     pub fn threads(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/task", self.pid()))
             .map(|d| d.count())
@@ -723,11 +734,29 @@ pub struct JwksServer {
     state: Arc<std::sync::Mutex<JwksState>>,
 }
 
+/// How the [`JwksServer`] answers a request for the JWKS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JwksAnswer {
+    /// 200 with the JWKS.
+    #[default]
+    Keys,
+    /// The JWKS, after this long.
+    Slow(Duration),
+    /// 200 with an HTML page.
+    Garbage,
+    /// 200 with a body that never ends, written until the client closes.
+    Endless,
+    /// Nothing listens: connections are refused.
+    Down,
+}
+
 #[derive(Default)]
 struct JwksState {
     jwks: String,
+    answer: JwksAnswer,
     fetches: usize,
     discovery_fetches: usize,
+    endless_bodies_cut: usize,
 }
 
 impl JwksServer {
@@ -754,13 +783,18 @@ impl JwksServer {
             ..Default::default()
         }));
         let serving = state.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (config, state) = (config.clone(), serving.clone());
-                std::thread::spawn(move || serve_jwks(stream, config, &state, addr));
-            }
-        });
+        std::thread::spawn(move || accept_jwks_clients(listener, config, serving));
         Self { addr, state }
+    }
+
+    /// Changes how the JWKS is answered from the next request on.
+    pub fn set_answer(&self, answer: JwksAnswer) {
+        self.state.lock().unwrap().answer = answer;
+    }
+
+    /// How many endless bodies were cut off by the client.
+    pub fn endless_bodies_cut(&self) -> usize {
+        self.state.lock().unwrap().endless_bodies_cut
     }
 
     pub fn issuer(&self) -> String {
@@ -784,6 +818,38 @@ impl JwksServer {
     }
 }
 
+/// Serves each client on a thread of its own. While the answer is [`JwksAnswer::Down`]
+/// the listening socket is closed (so connections are refused), and bound again after.
+fn accept_jwks_clients(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    state: Arc<std::sync::Mutex<JwksState>>,
+) {
+    let addr = listener.local_addr().expect("addr");
+    let mut listener = Some(listener);
+    loop {
+        let down = state.lock().unwrap().answer == JwksAnswer::Down;
+        if down {
+            listener = None;
+        } else if listener.is_none() {
+            listener = TcpListener::bind(addr).ok();
+        }
+        let Some(open) = listener.as_ref() else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        open.set_nonblocking(true).expect("nonblocking");
+        match open.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).expect("blocking");
+                let (config, state) = (config.clone(), state.clone());
+                std::thread::spawn(move || serve_jwks(stream, config, &state, addr));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
 fn serve_jwks(
     tcp: TcpStream,
     config: Arc<rustls::ServerConfig>,
@@ -804,10 +870,24 @@ fn serve_jwks(
     }
     let text = String::from_utf8_lossy(&head);
     let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+    let answer = state.lock().unwrap().answer;
+    if path == "/jwks.json" {
+        state.lock().unwrap().fetches += 1;
+        match answer {
+            JwksAnswer::Slow(delay) => std::thread::sleep(delay),
+            JwksAnswer::Endless => {
+                stream_endless_json(&mut stream);
+                state.lock().unwrap().endless_bodies_cut += 1;
+                return;
+            }
+            JwksAnswer::Keys | JwksAnswer::Garbage | JwksAnswer::Down => {}
+        }
+    }
     let body = {
         let mut state = state.lock().unwrap();
-        if path == "/jwks.json" {
-            state.fetches += 1;
+        if path == "/jwks.json" && answer == JwksAnswer::Garbage {
+            Some("<html><body>502 Bad Gateway</body></html>".to_owned())
+        } else if path == "/jwks.json" {
             Some(state.jwks.clone())
         } else if path == "/.well-known/openid-configuration" {
             state.discovery_fetches += 1;
@@ -830,6 +910,22 @@ fn serve_jwks(
     let _ = stream.flush();
     stream.conn.send_close_notify();
     let _ = stream.flush();
+}
+
+/// Writes a 200 whose JSON body never ends (no length: it would end with the
+/// connection), until the client stops reading and closes.
+fn stream_endless_json(stream: &mut StreamOwned<rustls::ServerConnection, TcpStream>) {
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
+    let padding = vec![b' '; 64 * 1024];
+    stream
+        .sock
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .ok();
+    let mut written = stream.write_all(head.as_bytes());
+    written = written.and_then(|()| stream.write_all(br#"{"keys":["#));
+    while written.is_ok() {
+        written = stream.write_all(&padding);
+    }
 }
 
 /// Reads the last response of a kept-alive connection: a 200 that says the connection
