@@ -17,8 +17,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,8 +28,6 @@ use srrrs_edge::demo::idp::{jwks_of, DevIdp};
 use srrrs_edge::demo::pki::{CertRequest, IssuedCert, KeyKind};
 use time::{Duration as Span, OffsetDateTime};
 
-const ISSUER: &str = "https://idp.test";
-const AUDIENCE: &str = "api-gateway";
 const JWKS_FAILURES: &str = "srrrs_jwks_fetch_failures_total{ingress=\"localhost\"}";
 const CRL_FAILURES: &str = "srrrs_crl_fetch_failures_total{ingress=\"localhost\"}";
 const REVOCATION_UNKNOWN: &str =
@@ -108,16 +105,7 @@ struct FaultyBackend {
 
 impl FaultyBackend {
     fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let recording = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let seen = recording.clone();
-                std::thread::spawn(move || misbehave(stream, &seen));
-            }
-        });
+        let (addr, seen) = serve_each(Mutex::new(Vec::new()), misbehave);
         Self { addr, seen }
     }
 
@@ -128,16 +116,7 @@ impl FaultyBackend {
 
 fn misbehave(mut stream: TcpStream, seen: &Mutex<Vec<String>>) {
     let mut pending = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(read) => pending.extend_from_slice(&chunk[..read]),
-            }
-            continue;
-        };
-        let head: Vec<u8> = pending.drain(..end + 4).collect();
+    while let Some(head) = next_head(&mut stream, &mut pending) {
         let path = String::from_utf8_lossy(&head)
             .split(' ')
             .nth(1)
@@ -321,18 +300,7 @@ impl Rotation {
     fn start(pki: TestPki, old: DevIdp, keys: &str, driver: Driver) -> Self {
         let (backend, backend_addr) = echo_backend();
         let port = free_port();
-        let auth = format!(
-            "  application_auth:
-    type: jwt
-    issuer: \"{ISSUER}\"
-    audience: \"{AUDIENCE}\"
-    {keys}
-    unknown_kid_cooldown: 30s
-  upstream:"
-        );
-        let config = pki
-            .mtls_config(port, &[backend_addr])
-            .replace("  upstream:", &auth);
+        let config = with_token_policy(&pki.mtls_config(port, &[backend_addr]), keys, "");
         let gateway =
             Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
         let client = Client::new(&pki, Some(&pki.good));
@@ -531,69 +499,6 @@ fn half_written_jwks_file(driver: Driver) {
 // CRL URLs
 // ---------------------------------------------------------------------------------------
 
-/// A plain-HTTP CRL distribution point that can be taken down: its port then refuses
-/// connections.
-struct CrlPoint {
-    addr: SocketAddr,
-    running: Arc<AtomicBool>,
-}
-
-impl CrlPoint {
-    fn start(crl: String) -> Self {
-        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), crl)
-    }
-
-    fn start_at(addr: SocketAddr, crl: String) -> Self {
-        let listener = TcpListener::bind(addr).expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
-        let running = Arc::new(AtomicBool::new(true));
-        let serving = running.clone();
-        std::thread::spawn(move || {
-            while serving.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => answer_with(stream, crl.as_bytes()),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        Self { addr, running }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/device-ca.crl", self.addr)
-    }
-
-    /// Closes the listening socket and waits until connections are refused.
-    fn stop(&self) {
-        self.running.store(false, Ordering::SeqCst);
-        let down = eventually(Duration::from_secs(5), || {
-            TcpStream::connect(self.addr).is_err()
-        });
-        assert!(down, "the CRL point still accepts");
-    }
-}
-
-fn answer_with(mut stream: TcpStream, body: &[u8]) {
-    stream.set_nonblocking(false).ok();
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let _ = write!(
-        stream,
-        "HTTP/1.1 200 OK\r\ncontent-type: application/pkix-crl\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(body);
-}
-
 /// The default mTLS config with the device CA's CRL from `url` instead of a file.
 fn crl_from_url(config: String, url: &str) -> String {
     config.replace(
@@ -684,7 +589,7 @@ fn crl_url_never_reached(driver: Driver) {
     // The distribution point comes up: a failed fetch is tried again within seconds,
     // not a whole `crl_refresh_interval` (an hour here) later.
     let crl = pki.device_ca.crl(&[&pki.revoked], Span::days(7));
-    let _point = CrlPoint::start_at(dead_addr, crl);
+    let _point = CrlPoint::start_at(dead_addr, crl.as_bytes());
     let admitted = eventually(Duration::from_secs(30), || {
         outcome(&pki, &pki.good, &gateway, "/recovered") == Ok(200)
     });
@@ -703,7 +608,7 @@ fn crl_url_lost(driver: Driver) {
     let crl = pki
         .device_ca
         .crl_between(&[&pki.revoked], now - Span::hours(1), next_update);
-    let point = CrlPoint::start(crl);
+    let point = CrlPoint::start(crl.as_bytes());
     let (backend, gateway) =
         start_with_config(&pki, driver, |config| crl_from_url(config, &point.url()));
     let fetched = eventually(Duration::from_secs(10), || gateway.metric(EPOCH) >= 2.0);

@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,9 +23,6 @@ use srrrs_edge::auth::unix_seconds;
 use srrrs_edge::demo::echo::{EchoBackend, ReceivedRequest};
 use srrrs_edge::demo::idp::DevIdp;
 use srrrs_edge::demo::pki::KeyKind;
-
-const ISSUER: &str = "https://idp.test";
-const AUDIENCE: &str = "api-gateway";
 
 on_both_drivers!(
     cl_te_and_te_cl_requests_are_refused_before_forwarding,
@@ -80,24 +77,18 @@ on_both_drivers!(
 
 /// The mTLS test config with the JWT policy of `tests/jwt.rs`, and `extra` appended.
 fn jwt_config(pki: &TestPki, port: u16, backends: &[String], extra: &str) -> String {
-    let auth = format!(
-        "  application_auth:
-    type: jwt
-    issuer: \"{ISSUER}\"
-    audience: \"{AUDIENCE}\"
-    jwks_file: jwks.json
-    unknown_kid_cooldown: 30s
-    required_claims:
+    let policy = "    required_claims:
       department: engineering
       realm.roles: admin
   identity_headers:
     claims:
       department: x-auth-department
-  upstream:"
+";
+    let mut config = with_token_policy(
+        &pki.mtls_config(port, backends),
+        "jwks_file: jwks.json",
+        policy,
     );
-    let mut config = pki
-        .mtls_config(port, backends)
-        .replace("  upstream:", &auth);
     config.push_str(extra);
     config
 }
@@ -795,16 +786,7 @@ struct SwitchingBackend {
 
 impl SwitchingBackend {
     fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let recording = seen.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let recording = recording.clone();
-                std::thread::spawn(move || switch_and_record(stream, &recording));
-            }
-        });
+        let (addr, seen) = serve_each(Mutex::new(Vec::new()), switch_and_record);
         Self { addr, seen }
     }
 

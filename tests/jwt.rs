@@ -14,9 +14,6 @@ use srrrs_edge::demo::echo::EchoBackend;
 use srrrs_edge::demo::idp::{jwks_of, DevIdp};
 use srrrs_edge::demo::pki::KeyKind;
 
-const ISSUER: &str = "https://idp.test";
-const AUDIENCE: &str = "api-gateway";
-
 on_both_drivers!(
     a_valid_token_reaches_the_backend_with_identity_headers,
     a_missing_token_gets_401_with_a_bearer_challenge,
@@ -76,14 +73,7 @@ fn good_claims(idp: &DevIdp) -> Map<String, Value> {
 
 /// The mTLS test config with a JWT policy using `keys` (a YAML line naming the source).
 fn jwt_config(pki: &TestPki, port: u16, backends: &[String], keys: &str) -> String {
-    let auth = format!(
-        "  application_auth:
-    type: jwt
-    issuer: \"{ISSUER}\"
-    audience: \"{AUDIENCE}\"
-    {keys}
-    fetch_ca_file: server-root.pem
-    unknown_kid_cooldown: 30s
+    let extra = "    fetch_ca_file: server-root.pem
     required_claims:
       department: engineering
       realm.roles: admin
@@ -92,10 +82,8 @@ fn jwt_config(pki: &TestPki, port: u16, backends: &[String], keys: &str) -> Stri
     claims:
       department: x-auth-department
       realm.roles: x-auth-roles
-  upstream:"
-    );
-    pki.mtls_config(port, backends)
-        .replace("  upstream:", &auth)
+";
+    with_token_policy(&pki.mtls_config(port, backends), keys, extra)
 }
 
 struct Setup {

@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,9 +40,6 @@ use srrrs_edge::demo::idp::DevIdp;
 use srrrs_edge::demo::pki::{CertRequest, IssuedCert, KeyKind};
 use srrrs_edge::tls::identity::{fingerprint, thumbprint};
 use time::{Duration as Span, OffsetDateTime};
-
-const ISSUER: &str = "https://idp.test";
-const AUDIENCE: &str = "api-gateway";
 
 static TLS13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
 static TLS12: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS12];
@@ -569,7 +566,7 @@ fn crl_rollback(driver: Driver) {
     let older =
         pki.device_ca
             .crl_between(&[&pki.revoked], now - Span::hours(2), now + Span::days(5));
-    let server = CrlServer::start(newer.as_bytes());
+    let server = CrlPoint::start(newer.as_bytes());
     let (backend, gateway) = start_edited(&pki, driver, |config| {
         with_crl_url(config, "[device-root.crl]", &server.url())
     });
@@ -607,7 +604,7 @@ fn crl_shadowing(driver: Driver) {
         now - Span::minutes(5),
         now + Span::days(7),
     );
-    let server = CrlServer::start(newer.as_bytes());
+    let server = CrlPoint::start(newer.as_bytes());
     let (backend, gateway) = start_edited(&pki, driver, |config| {
         with_crl_url(config, "[device-root.crl, device-ca.crl]", &server.url())
     });
@@ -627,7 +624,7 @@ fn crl_url_poisoning(driver: Driver) {
     let pki = TestPki::new();
     let victim = device_cert(&pki, "device-victim");
     let unrelated = pki.second_root.crl(&[], Span::days(7));
-    let server = CrlServer::start(unrelated.as_bytes());
+    let server = CrlPoint::start(unrelated.as_bytes());
     let (backend, gateway) = start_edited(&pki, driver, |config| {
         with_crl_url(config, "[device-root.crl, device-ca.crl]", &server.url())
     });
@@ -1831,56 +1828,6 @@ fn first_reply(addr: SocketAddr, hello: &[u8]) -> (u8, u8) {
         Ok(()) => (head[0], head[5]),
         Err(_) => (0, 0),
     }
-}
-
-// --- Helpers: a CRL distribution point over plain HTTP ----------------------------------
-
-struct CrlServer {
-    addr: SocketAddr,
-    reply: Arc<Mutex<(u16, Vec<u8>)>>,
-}
-
-impl CrlServer {
-    fn start(body: &[u8]) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let reply = Arc::new(Mutex::new((200, body.to_vec())));
-        let serving = reply.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let reply = serving.lock().unwrap().clone();
-                answer(stream, reply);
-            }
-        });
-        Self { addr, reply }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/device-ca.crl", self.addr)
-    }
-
-    fn serve(&self, status: u16, body: &[u8]) {
-        *self.reply.lock().unwrap() = (status, body.to_vec());
-    }
-}
-
-fn answer(mut stream: TcpStream, (status, body): (u16, Vec<u8>)) {
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => return,
-        }
-    }
-    let _ = write!(
-        stream,
-        "HTTP/1.1 {status} X\r\ncontent-type: application/pkix-crl\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(&body);
 }
 
 // --- Helpers: a small PKI whose intermediates can expire and be revoked -----------------

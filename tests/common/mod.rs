@@ -8,8 +8,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -985,21 +985,50 @@ pub struct SlowBackend {
 
 impl SlowBackend {
     pub fn start(delay: Duration) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr").to_string();
         let started = Arc::new(AtomicUsize::new(0));
         let answered = Arc::new(AtomicUsize::new(0));
-        let counts = (started.clone(), answered.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let counts = counts.clone();
-                std::thread::spawn(move || answer_slowly(stream, delay, &counts.0, &counts.1));
-            }
+        let state = (delay, started.clone(), answered.clone());
+        let (addr, _) = serve_each(state, |stream, (delay, started, answered)| {
+            answer_slowly(stream, *delay, started, answered)
         });
         Self {
             addr,
             started,
             answered,
+        }
+    }
+}
+
+/// Accepts connections on a new local listener and serves each on a thread of its own
+/// with `serve(stream, &state)`: the listener's address and the state.
+pub fn serve_each<S: Send + Sync + 'static>(
+    state: S,
+    serve: fn(TcpStream, &S),
+) -> (String, Arc<S>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let state = Arc::new(state);
+    let shared = state.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let state = shared.clone();
+            std::thread::spawn(move || serve(stream, &state));
+        }
+    });
+    (addr, state)
+}
+
+/// The next request head read from `stream`, what came after it kept in `pending`;
+/// `None` once the peer has closed or failed.
+pub fn next_head(stream: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(pending.drain(..end + 4).collect());
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => pending.extend_from_slice(&chunk[..read]),
         }
     }
 }
@@ -1011,16 +1040,7 @@ fn answer_slowly(
     answered: &AtomicUsize,
 ) {
     let mut pending = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(read) => pending.extend_from_slice(&chunk[..read]),
-            }
-            continue;
-        };
-        let head: Vec<u8> = pending.drain(..end + 4).collect();
+    while let Some(head) = next_head(&mut stream, &mut pending) {
         if head.starts_with(b"GET /slow") {
             started.fetch_add(1, Ordering::SeqCst);
             std::thread::sleep(delay);
@@ -1031,4 +1051,94 @@ fn answer_slowly(
         }
         answered.fetch_add(1, Ordering::SeqCst);
     }
+}
+
+/// A CRL distribution point over plain HTTP. It answers every request with the reply
+/// set last, and can be taken down: its port then refuses connections.
+pub struct CrlPoint {
+    pub addr: SocketAddr,
+    reply: Arc<Mutex<(u16, Vec<u8>)>>,
+    running: Arc<AtomicBool>,
+}
+
+impl CrlPoint {
+    pub fn start(body: &[u8]) -> Self {
+        Self::start_at(SocketAddr::from(([127, 0, 0, 1], 0)), body)
+    }
+
+    pub fn start_at(addr: SocketAddr, body: &[u8]) -> Self {
+        let listener = TcpListener::bind(addr).expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr");
+        let reply = Arc::new(Mutex::new((200, body.to_vec())));
+        let running = Arc::new(AtomicBool::new(true));
+        let (serving, replying) = (running.clone(), reply.clone());
+        std::thread::spawn(move || {
+            while serving.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => answer_crl(stream, &replying.lock().unwrap().clone()),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Self {
+            addr,
+            reply,
+            running,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/device-ca.crl", self.addr)
+    }
+
+    /// Answers from now on with `status` and `body`.
+    pub fn serve(&self, status: u16, body: &[u8]) {
+        *self.reply.lock().unwrap() = (status, body.to_vec());
+    }
+
+    /// Closes the listening socket and waits until connections are refused.
+    pub fn stop(&self) {
+        self.running.store(false, Ordering::SeqCst);
+        let down = eventually(Duration::from_secs(5), || {
+            TcpStream::connect(self.addr).is_err()
+        });
+        assert!(down, "the CRL point still accepts");
+    }
+}
+
+fn answer_crl(mut stream: TcpStream, (status, body): &(u16, Vec<u8>)) {
+    stream.set_nonblocking(false).ok();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    if next_head(&mut stream, &mut Vec::new()).is_none() {
+        return;
+    }
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} X\r\ncontent-type: application/pkix-crl\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(body);
+}
+
+/// The issuer and audience of the test tokens.
+pub const ISSUER: &str = "https://idp.test";
+pub const AUDIENCE: &str = "api-gateway";
+
+/// `config` with a token policy before its upstream section: the test issuer and
+/// audience, keys from `keys` (a YAML line naming their source), a 30 s cool-down for
+/// unknown kids, then `extra` (further lines, each indented like the policy's fields
+/// or like the ingress's sections).
+pub fn with_token_policy(config: &str, keys: &str, extra: &str) -> String {
+    let policy = format!(
+        "  application_auth:
+    type: jwt
+    issuer: \"{ISSUER}\"
+    audience: \"{AUDIENCE}\"
+    {keys}
+    unknown_kid_cooldown: 30s
+{extra}  upstream:"
+    );
+    config.replace("  upstream:", &policy)
 }
