@@ -161,9 +161,9 @@ impl RevocationReloader {
     /// Loads every source; a CRL whose signature fails, or any unreadable file, keeps
     /// the set in force; a CRL older than the one in force for its issuer is ignored.
     fn reload(&mut self, fetch: bool) {
-        let loaded = self.sources.load(fetch).and_then(|mut set| {
-            let mut issuers = self.trusted_cas.clone();
-            issuers.extend(self.device.known_issuers());
+        let mut issuers = self.trusted_cas.clone();
+        issuers.extend(self.device.known_issuers());
+        let loaded = self.sources.load(fetch, &issuers).and_then(|mut set| {
             set.check_signatures(&issuers)?;
             set.keep_newer_than(&self.in_force);
             let epoch = self.device.install_revocation(&set)?;

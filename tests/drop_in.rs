@@ -387,11 +387,16 @@ fn parse_xfcc(value: &str) -> Vec<Vec<(String, String)>> {
         };
     for c in value.chars() {
         match (quoted, escaped, c) {
+            // Inside quotes a backslash escapes the next character; both are kept,
+            // as a reader of Envoy's header takes the quoted text as it is.
             (true, true, _) => {
                 current.push(c);
                 escaped = false;
             }
-            (true, false, '\\') => escaped = true,
+            (true, false, '\\') => {
+                current.push(c);
+                escaped = true;
+            }
             (_, false, '"') => quoted = !quoted,
             (false, _, '=') if !in_value => {
                 key = std::mem::take(&mut current);

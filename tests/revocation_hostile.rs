@@ -114,7 +114,16 @@ fn a_newer_crl_is_not_shadowed_by_an_older_one_from_the_same_issuer() {
 
 #[test]
 fn a_crl_url_serving_garbage_does_not_stop_revocations_in_crl_files() {
-    crl_url_poisoning(Driver::Epoll)
+    crl_url_poisoning(Driver::Epoll, |_| b"<html>maintenance</html>".to_vec())
+}
+
+#[test]
+fn a_forged_crl_at_a_crl_url_is_refused_at_fetch_and_does_not_stop_revocations_in_files() {
+    // The device CA's name, another key, and a CRL newer than the file's.
+    crl_url_poisoning(Driver::Epoll, |pki| {
+        let impostor = pki.device_root.intermediate("test device CA");
+        impostor.crl(&[], Span::days(30)).into_bytes()
+    })
 }
 
 #[test]
@@ -620,7 +629,7 @@ fn crl_shadowing(driver: Driver) {
     assert!(paths(&backend).is_empty());
 }
 
-fn crl_url_poisoning(driver: Driver) {
+fn crl_url_poisoning(driver: Driver, poison: fn(&TestPki) -> Vec<u8>) {
     let pki = TestPki::new();
     let victim = device_cert(&pki, "device-victim");
     let unrelated = pki.second_root.crl(&[], Span::days(7));
@@ -635,8 +644,8 @@ fn crl_url_poisoning(driver: Driver) {
         200
     );
 
-    // The distribution point answers 200 with an error page once, then goes down.
-    server.serve(200, b"<html>maintenance</html>");
+    // The distribution point answers 200 with the poison once, then goes down.
+    server.serve(200, &poison(&pki));
     rewrite_and_reload(
         &gateway,
         "CRL fetch failed; keeping the last good copy",

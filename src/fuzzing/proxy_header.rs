@@ -80,6 +80,13 @@ fn check_written(data: &[u8]) {
         ..facts(source, destination)
     };
     let header = v2_header(&facts, Some(0xe0));
+    // Whatever it holds, the length field counts exactly the bytes that follow it.
+    let declared = usize::from(u16::from_be_bytes([header[14], header[15]]));
+    assert_eq!(
+        16 + declared,
+        header.len(),
+        "a length that does not match the header"
+    );
     if header.len() > V2_MAX {
         return;
     }

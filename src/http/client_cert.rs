@@ -33,8 +33,11 @@ pub struct Fields<'a> {
 
 /// `X-Forwarded-Client-Cert` as Envoy writes it for a verified client certificate:
 /// `Hash` (SHA-256 of the DER, hex), `Cert` and `Chain` (URL-encoded PEM), `Subject`
-/// (quoted), then one `URI` and one `DNS` pair per such SAN. The value is written as is:
-/// every part is visible ASCII.
+/// (the RFC 4514 string between double quotes, byte for byte as Envoy writes it: its
+/// own escapes, `\"` among them, keep the quotes unambiguous, and escaping it again
+/// would let a reader that takes the quoted text as it is split a `\,` in a name into
+/// two attributes), then one `URI` and one `DNS` pair per such SAN. The value is written
+/// as is: every part is visible ASCII.
 pub fn xfcc(chain: &VerifiedChain) -> String {
     let identity = &chain.identity;
     let leaf = chain
@@ -50,7 +53,7 @@ pub fn xfcc(chain: &VerifiedChain) -> String {
         identity.fingerprint,
         url_encode(&pem(leaf)),
         url_encode(&pem_chain),
-        quoted(&identity.subject)
+        identity.subject
     );
     for (prefix, key) in [("URI:", "URI"), ("DNS:", "DNS")] {
         for name in identity

@@ -187,10 +187,15 @@ impl RevocationSources {
     }
 
     /// Reads every file and, with `fetch`, every URL anew. A file that cannot be read
-    /// fails the whole load (the set in force stays); a URL that cannot be fetched keeps
-    /// its last good copy, or is left out, so that what it would cover has no known
-    /// status.
-    pub fn load(&self, fetch: bool) -> Result<RevocationSet, String> {
+    /// fails the whole load (the set in force stays); a URL that cannot be fetched, or
+    /// answers with CRLs that do not parse or that a CA among `issuers` did not sign,
+    /// keeps its last good copy, or is left out, so that what it would cover has no
+    /// known status.
+    pub fn load(
+        &self,
+        fetch: bool,
+        issuers: &[CertificateDer<'_>],
+    ) -> Result<RevocationSet, String> {
         let mut set = RevocationSet::default();
         for path in &self.files {
             set.load_file(path)?;
@@ -198,15 +203,17 @@ impl RevocationSources {
         let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
         for url in &self.urls {
             if fetch {
-                // A copy is kept only once it reads as CRLs: a bad document must not
-                // displace the last good one, nor fail every later load.
+                // A copy is kept only once it reads as CRLs signed by their issuers: a
+                // bad or forged document must not displace the last good one, nor fail
+                // every later load.
                 let document = self
                     .fetcher
                     .get(url, "application/pkix-crl")
                     .and_then(|document| {
-                        RevocationSet::default()
-                            .load_bytes(&document.body, url)
-                            .map(|()| document)
+                        let mut set = RevocationSet::default();
+                        set.load_bytes(&document.body, url)?;
+                        set.check_signatures(issuers)?;
+                        Ok(document)
                     });
                 match document {
                     Ok(document) => {

@@ -102,10 +102,14 @@ pub fn v2_header(facts: &ClientFacts<'_>, certificate_tlv: Option<u8>) -> Vec<u8
         // 0: the client certificate, when there is one, verified.
         ssl.extend_from_slice(&0u32.to_be_bytes());
         push_tlv(&mut ssl, PP2_SUBTYPE_SSL_VERSION, version.as_bytes());
+        let without_name = ssl.len();
         if let Some((Some(common_name), _)) = facts.device {
             push_tlv(&mut ssl, PP2_SUBTYPE_SSL_CN, common_name.as_bytes());
         }
-        push_tlv(&mut body, PP2_TYPE_SSL, &ssl);
+        if !push_tlv(&mut body, PP2_TYPE_SSL, &ssl) {
+            // A name too long for the header: the SSL facts go without it.
+            push_tlv(&mut body, PP2_TYPE_SSL, &ssl[..without_name]);
+        }
     }
     if let (Some(kind), Some((_, der))) = (certificate_tlv, facts.device) {
         push_tlv(&mut body, kind, der);
@@ -114,7 +118,8 @@ pub fn v2_header(facts: &ClientFacts<'_>, certificate_tlv: Option<u8>) -> Vec<u8
     header.extend_from_slice(&V2_SIGNATURE);
     header.push(0x21); // version 2, PROXY
     header.push(family);
-    header.extend_from_slice(&(body.len().min(usize::from(u16::MAX)) as u16).to_be_bytes());
+    // push_tlv keeps the body within what the length field can count.
+    header.extend_from_slice(&(body.len() as u16).to_be_bytes());
     header.extend_from_slice(&body);
     header
 }
@@ -134,13 +139,21 @@ pub fn health_check_header(version: ProxyProtocolVersion) -> Vec<u8> {
 }
 
 /// Appends one TLV; a value longer than a TLV can hold is left out.
-fn push_tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) {
+/// Appends a TLV, unless `out` would then pass the 65,535 bytes a v2 length field can
+/// count: a TLV left out (a huge certificate, say) is better than a length that lies
+/// and leaves the rest to be read as the client's request. Returns whether it went in.
+fn push_tlv(out: &mut Vec<u8>, kind: u8, value: &[u8]) -> bool {
+    let total = out.len() + 3 + value.len();
     let Ok(length) = u16::try_from(value.len()) else {
-        return;
+        return false;
     };
+    if total > usize::from(u16::MAX) {
+        return false;
+    }
     out.push(kind);
     out.extend_from_slice(&length.to_be_bytes());
     out.extend_from_slice(value);
+    true
 }
 
 fn same_family(source: IpAddr, destination: IpAddr) -> (IpAddr, IpAddr) {
@@ -361,6 +374,16 @@ mod tests {
             device: Some((Some("device-1"), der)),
             certificate_in_handshake: true,
         }
+    }
+
+    #[test]
+    fn a_certificate_too_large_for_the_length_field_is_left_out() {
+        let der = vec![0x30; 65_520];
+        let header = v2_header(&facts(&der), Some(0xe0));
+        let declared = usize::from(u16::from_be_bytes([header[14], header[15]]));
+        assert_eq!(16 + declared, header.len());
+        assert!(header.len() < 1024, "the certificate TLV was left out");
+        assert!(header.windows(8).any(|w| w == b"device-1"), "the CN stayed");
     }
 
     #[test]
