@@ -560,7 +560,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((socket, peer)) => {
-                proxy::take(socket, peer, proxied.clone(), &worker);
+                proxy::take(socket, peer, proxied.as_deref(), &worker);
             }
             Err(error) => {
                 warn!(%error, "accept failed");

@@ -499,41 +499,6 @@ fn half_written_jwks_file(driver: Driver) {
 // CRL URLs
 // ---------------------------------------------------------------------------------------
 
-/// The default mTLS config with the device CA's CRL from `url` instead of a file.
-fn crl_from_url(config: String, url: &str) -> String {
-    config.replace(
-        "crl_files: [device-root.crl, device-ca.crl]",
-        &format!(
-            "crl_files: [device-root.crl]\n    crl_urls: [\"{url}\"]\n    crl_refresh_interval: 1h"
-        ),
-    )
-}
-
-fn start_with_config(
-    pki: &TestPki,
-    driver: Driver,
-    edit: impl FnOnce(String) -> String,
-) -> (EchoBackend, Gateway) {
-    let (backend, backend_addr) = echo_backend();
-    let port = free_port();
-    let config = edit(pki.mtls_config(port, &[backend_addr]));
-    let gateway =
-        Gateway::start_with_admin(pki.dir.path(), &config, port, Some(free_port()), driver);
-    let ready = eventually(Duration::from_secs(10), || {
-        gateway.metrics().contains("srrrs_revocation_epoch{")
-    });
-    assert!(ready, "no revocation epoch in /metrics");
-    (backend, gateway)
-}
-
-fn paths(backend: &EchoBackend) -> Vec<String> {
-    backend.received().into_iter().map(|r| r.path).collect()
-}
-
-fn log_count(gateway: &Gateway, needle: &str) -> usize {
-    gateway.log_text().matches(needle).count()
-}
-
 /// The alert `cert` gets, or the status of its request.
 fn outcome(
     pki: &TestPki,
@@ -553,8 +518,8 @@ fn crl_url_never_reached(driver: Driver) {
     pki.write("second-root.crl", &pki.second_root.crl(&[], Span::days(7)));
     let dead_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let dead = format!("http://{dead_addr}/device-ca.crl");
-    let (backend, gateway) = start_with_config(&pki, driver, |config| {
-        crl_from_url(config, &dead)
+    let (backend, gateway) = start_edited(&pki, driver, |config| {
+        with_crl_url(config, "[device-root.crl]", &dead)
             .replace(
                 "client_ca_cert: device-root.pem",
                 "client_ca_cert: [device-root.pem, second-root.pem]",
@@ -609,8 +574,9 @@ fn crl_url_lost(driver: Driver) {
         .device_ca
         .crl_between(&[&pki.revoked], now - Span::hours(1), next_update);
     let point = CrlPoint::start(crl.as_bytes());
-    let (backend, gateway) =
-        start_with_config(&pki, driver, |config| crl_from_url(config, &point.url()));
+    let (backend, gateway) = start_edited(&pki, driver, |config| {
+        with_crl_url(config, "[device-root.crl]", &point.url())
+    });
     let fetched = eventually(Duration::from_secs(10), || gateway.metric(EPOCH) >= 2.0);
     assert!(fetched, "{}", gateway.log_text());
     assert_eq!(outcome(&pki, &pki.good, &gateway, "/fetched"), Ok(200));
@@ -667,7 +633,7 @@ fn wait_for_log(gateway: &Gateway, needle: &str, before: usize) {
 
 fn half_written_server_certificate(driver: Driver) {
     let pki = TestPki::new();
-    let (backend, gateway) = start_with_config(&pki, driver, |config| config);
+    let (backend, gateway) = start_edited(&pki, driver, |config| config);
     let original = presented_leaf(&pki, gateway.addr);
     let renewed = pki
         .server_root
@@ -700,7 +666,7 @@ fn half_written_server_certificate(driver: Driver) {
 
 fn half_written_crl_file(driver: Driver) {
     let pki = TestPki::new();
-    let (backend, gateway) = start_with_config(&pki, driver, |config| config);
+    let (backend, gateway) = start_edited(&pki, driver, |config| config);
     let victim = pki.device_ca.issue(&CertRequest::client("device-victim"));
     assert_eq!(outcome(&pki, &victim, &gateway, "/before"), Ok(200));
     let next = pki.device_ca.crl(&[&pki.revoked, &victim], Span::days(7));

@@ -702,4 +702,13 @@ fn ring_is_not_built_into_the_gateway() {
         "ring is in the gateway's build:\n{stdout}"
     );
     assert!(stderr.contains("nothing to print"), "{stderr}");
+
+    // Cargo.lock names ring all the same (rustls-webpki's `alloc` feature asks for
+    // `ring?/alloc`, and a weak feature puts the optional crate in the lock): the binary
+    // itself must hold none of ring's symbols, which all begin `ring_core_`.
+    let binary = std::fs::read(gateway_binary()).expect("the gateway binary");
+    assert!(
+        !String::from_utf8_lossy(&binary).contains("ring_core_"),
+        "ring's code is linked into the gateway"
+    );
 }

@@ -1190,25 +1190,6 @@ fn ticket_key_new_writes_a_private_file_even_over_a_stale_temporary_one() {
 
 // --- Helpers: gateways, reloads, revocation ---------------------------------------------
 
-/// The echo backend and a gateway on the default mTLS config, as `edit` changes it.
-fn start_edited(
-    pki: &TestPki,
-    driver: Driver,
-    edit: impl FnOnce(String) -> String,
-) -> (EchoBackend, Gateway) {
-    let (backend, backend_addr) = echo_backend();
-    let port = free_port();
-    let config = edit(pki.mtls_config(port, &[backend_addr]));
-    let admin = Some(free_port());
-    let gateway = Gateway::start_with_admin(pki.dir.path(), &config, port, admin, driver);
-    // The admin listener may answer before the TLS state is registered with it.
-    let ready = eventually(Duration::from_secs(10), || {
-        gateway.metrics().contains("srrrs_revocation_epoch{")
-    });
-    assert!(ready, "no revocation epoch in /metrics");
-    (backend, gateway)
-}
-
 /// The gateway with the default mTLS config, once its metrics are complete.
 fn start_default(driver: Driver) -> (TestPki, EchoBackend, Gateway) {
     let pki = TestPki::new();
@@ -1231,13 +1212,6 @@ fn with_resumption(config: String, settings: &str) -> String {
     )
 }
 
-fn with_crl_url(config: String, files: &str, url: &str) -> String {
-    config.replace(
-        "crl_files: [device-root.crl, device-ca.crl]",
-        &format!("crl_files: {files}\n    crl_urls: [\"{url}\"]\n    crl_refresh_interval: 1h"),
-    )
-}
-
 fn mini_pki_config(config: String) -> String {
     config
         .replace(
@@ -1252,14 +1226,6 @@ fn mini_pki_config(config: String) -> String {
 
 fn device_cert(pki: &TestPki, name: &str) -> IssuedCert {
     pki.device_ca.issue(&CertRequest::client(name))
-}
-
-fn paths(backend: &EchoBackend) -> Vec<String> {
-    backend.received().into_iter().map(|r| r.path).collect()
-}
-
-fn log_count(gateway: &Gateway, needle: &str) -> usize {
-    gateway.log_text().matches(needle).count()
 }
 
 /// Runs `change`, sends SIGHUP, and waits until the log says `needle` once more.

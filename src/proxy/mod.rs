@@ -255,7 +255,7 @@ pub struct Arrival {
 pub fn take(
     socket: TcpStream,
     peer: SocketAddr,
-    proxied: Option<Arc<TrustedSources>>,
+    proxied: Option<&TrustedSources>,
     worker: &Rc<Worker>,
 ) {
     if proxied.is_some_and(|trusted| trusted.contains(peer.ip())) {

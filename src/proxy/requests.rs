@@ -18,7 +18,7 @@ use crate::config::IdentityFormat;
 use crate::http::chunked::ChunkedBody;
 use crate::http::client_cert;
 use crate::http::head::{self, BodyFraming, RequestHead};
-use crate::http::rewrite::write_forwarded_head;
+use crate::http::rewrite::{write_forwarded_head, IdentityHeaders};
 use crate::http::{GatewayResponse, HttpError};
 use crate::metrics::Timed;
 use crate::tls::chain_cache::VerifiedChain;
@@ -294,16 +294,16 @@ pub async fn authorize(
     ))
 }
 
-/// The identity fields added to a forwarded request: those whose values are to be
-/// made safe for a header, and those the gateway encoded itself. The device is
-/// described in `format`; the user always in the gateway's own fields.
-pub fn identity_fields<'a>(
+/// The fields that tell a backend about the connection and its device, in `format`:
+/// those whose values are to be made safe for a header, and those the gateway encoded
+/// itself. They are the same for every request on the connection, so they are made
+/// once, when the first request goes to a backend.
+pub fn device_fields<'a>(
     client: &'a Client<'_>,
-    user: Option<&'a Authorized>,
     format: IdentityFormat,
 ) -> client_cert::Fields<'a> {
     let names = &client.local.ingress.identity;
-    let mut fields = vec![
+    let mut text = vec![
         ("x-forwarded-for", client.peer.ip().to_string()),
         ("x-forwarded-proto", "https".to_owned()),
     ];
@@ -311,16 +311,16 @@ pub fn identity_fields<'a>(
     match (format, client.chain) {
         (IdentityFormat::Edge, Some(chain)) => {
             let device = &chain.identity;
-            fields.push((names.cert_subject.as_str(), device.subject.clone()));
-            fields.push((names.cert_sans.as_str(), device.sans.join(", ")));
-            fields.push((names.cert_fingerprint.as_str(), device.fingerprint.clone()));
+            text.push((names.cert_subject.as_str(), device.subject.clone()));
+            text.push((names.cert_sans.as_str(), device.sans.join(", ")));
+            text.push((names.cert_fingerprint.as_str(), device.fingerprint.clone()));
         }
         (IdentityFormat::Xfcc, Some(chain)) => {
             encoded.push(("x-forwarded-client-cert", client_cert::xfcc(chain)));
         }
         (IdentityFormat::Nginx, Some(chain)) => {
             let described = client_cert::nginx_fields(chain);
-            fields.extend(described.text);
+            text.extend(described.text);
             encoded.extend(described.encoded);
         }
         (IdentityFormat::Nginx, None) => {
@@ -328,23 +328,25 @@ pub fn identity_fields<'a>(
         }
         (_, None) => {}
     }
-    if let Some(user) = user {
-        if let Some(subject) = &user.subject {
-            fields.push((names.token_subject.as_str(), subject.clone()));
-        }
-        if let Some(issuer) = &user.issuer {
-            fields.push((names.token_issuer.as_str(), issuer.clone()));
-        }
-        for (name, value) in names.claims.iter().zip(&user.exported) {
-            if let Some(value) = value {
-                fields.push((name.as_str(), value.clone()));
-            }
-        }
-    }
-    client_cert::Fields {
-        text: fields,
-        encoded,
-    }
+    client_cert::Fields { text, encoded }
+}
+
+/// The fields that name the user of one request, always in the gateway's own fields,
+/// borrowed from its verdict.
+fn user_fields<'a>(
+    names: &'a IdentityHeaders,
+    user: Option<&'a Authorized>,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    let subject = user.and_then(|user| user.subject.as_deref());
+    let issuer = user.and_then(|user| user.issuer.as_deref());
+    let claims = (names.claims.iter())
+        .zip(user.map_or(&[][..], |user| &user.exported))
+        .filter_map(|(name, value)| Some((name.as_str(), value.as_deref()?)));
+    (subject
+        .map(|value| (names.token_subject.as_str(), value))
+        .into_iter())
+    .chain(issuer.map(|value| (names.token_issuer.as_str(), value)))
+    .chain(claims)
 }
 
 fn as_pairs<'a>(fields: &'a [(&'a str, String)]) -> Vec<(&'a str, &'a str)> {
@@ -370,6 +372,8 @@ pub async fn relay_requests(
     let cancel = exchange.cancel();
     let mut next = Some(first);
     let mut scratch = Vec::with_capacity(4096);
+    let device = device_fields(client, format);
+    let encoded = as_pairs(&device.encoded);
     loop {
         let (head, user, entry, received) = match next.take() {
             Some(request) => request,
@@ -400,8 +404,8 @@ pub async fn relay_requests(
             },
             entry,
         );
-        let described = identity_fields(client, user.as_deref(), format);
-        let (fields, encoded) = (as_pairs(&described.text), as_pairs(&described.encoded));
+        let mut fields = as_pairs(&device.text);
+        fields.extend(user_fields(&client.local.ingress.identity, user.as_deref()));
         write_forwarded_head(
             &mut scratch,
             &head,

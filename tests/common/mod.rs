@@ -1142,3 +1142,41 @@ pub fn with_token_policy(config: &str, keys: &str, extra: &str) -> String {
     );
     config.replace("  upstream:", &policy)
 }
+
+/// The echo backend and a gateway on the default mTLS config as `edit` changes it, with
+/// an admin listener, once its revocation state is registered there.
+pub fn start_edited(
+    pki: &TestPki,
+    driver: Driver,
+    edit: impl FnOnce(String) -> String,
+) -> (EchoBackend, Gateway) {
+    let (backend, backend_addr) = echo_backend();
+    let port = free_port();
+    let config = edit(pki.mtls_config(port, &[backend_addr]));
+    let admin = Some(free_port());
+    let gateway = Gateway::start_with_admin(pki.dir.path(), &config, port, admin, driver);
+    // The admin listener may answer before the TLS state is registered with it.
+    let ready = eventually(Duration::from_secs(10), || {
+        gateway.metrics().contains("srrrs_revocation_epoch{")
+    });
+    assert!(ready, "no revocation epoch in /metrics");
+    (backend, gateway)
+}
+
+/// The default mTLS config with CRLs from `files` and from `url`, fetched hourly.
+pub fn with_crl_url(config: String, files: &str, url: &str) -> String {
+    config.replace(
+        "crl_files: [device-root.crl, device-ca.crl]",
+        &format!("crl_files: {files}\n    crl_urls: [\"{url}\"]\n    crl_refresh_interval: 1h"),
+    )
+}
+
+/// The paths of every request `backend` received, in order.
+pub fn paths(backend: &EchoBackend) -> Vec<String> {
+    backend.received().into_iter().map(|r| r.path).collect()
+}
+
+/// How many times `needle` appears in the gateway's log.
+pub fn log_count(gateway: &Gateway, needle: &str) -> usize {
+    gateway.log_text().matches(needle).count()
+}
