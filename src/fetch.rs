@@ -1,4 +1,4 @@
-//! Fetching documents over HTTPS (JWKS, discovery documents, CRLs), always off the data
+//! Fetching documents over HTTPS (JWKS, discovery documents, CRLs, OCSP responses), always off the data
 //! path: on the threads that keep keys and revocation lists fresh, never on a worker.
 //! The HTTP client is ureq, on rustls with the aws-lc-rs provider.
 
@@ -34,12 +34,39 @@ impl Fetcher {
     /// GETs `url`. Anything but a 200 with a body within `max_body` is an error naming
     /// the URL.
     pub fn get(&self, url: &str, accept: &str) -> Result<Document, String> {
-        let mut response = self
+        let response = self
             .agent()
             .get(url)
             .header("accept", accept)
             .call()
             .map_err(|e| format!("{url}: {e}"))?;
+        self.document(url, response)
+    }
+
+    /// POSTs `body` (of `content_type`) to `url`, as an OCSP query is sent (RFC 6960
+    /// appendix A.1). The answer is read as `get` reads one.
+    pub fn post(
+        &self,
+        url: &str,
+        content_type: &str,
+        body: &[u8],
+        accept: &str,
+    ) -> Result<Document, String> {
+        let response = self
+            .agent()
+            .post(url)
+            .header("content-type", content_type)
+            .header("accept", accept)
+            .send(body)
+            .map_err(|e| format!("{url}: {e}"))?;
+        self.document(url, response)
+    }
+
+    fn document(
+        &self,
+        url: &str,
+        mut response: ureq::http::Response<ureq::Body>,
+    ) -> Result<Document, String> {
         let status = response.status().as_u16();
         if status != 200 {
             return Err(format!("{url}: HTTP {status}"));

@@ -18,6 +18,7 @@ use crate::access_log::AccessLog;
 use crate::auth::AuthRefusal;
 use crate::ingress::{Ingress, IngressSet};
 use crate::tls::client_auth::DeviceVerifier;
+use crate::tls::ocsp::OcspChecker;
 use crate::tls::tickets::{TicketCounts, Ticketer};
 use crate::tls::HandshakeRefusal;
 use crate::upstream::health::BackendHealth;
@@ -527,6 +528,94 @@ impl Metrics {
         Ok(())
     }
 
+    /// OCSP by ingress: queries about client certificates and how they ended, answers
+    /// cached, certificates admitted without an answer, and whether the server
+    /// certificate's response is stapled.
+    fn encode_ocsp(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ingresses = self.ingresses();
+        let checkers: Vec<(&str, &OcspChecker)> = (ingresses.iter())
+            .filter_map(|ingress| {
+                let checker = ingress.tls.device.as_ref()?.ocsp()?;
+                Some((ingress.hostname.as_str(), checker.as_ref()))
+            })
+            .collect();
+        type Count = fn(&OcspChecker) -> u64;
+        let counters: [(&str, &str, Count); 3] = [
+            (
+                "ocsp_queries",
+                "OCSP queries sent about client certificates",
+                |c| c.counts().0,
+            ),
+            (
+                "ocsp_no_answer",
+                "OCSP queries that ended without a valid answer (unreachable, refused, \
+                 badly signed, stale, or the certificate unknown to the responder)",
+                |c| c.counts().1,
+            ),
+            (
+                "ocsp_soft_fail_admissions",
+                "Client certificates admitted without a valid OCSP answer, under soft-fail",
+                |c| c.counts().2,
+            ),
+        ];
+        for (name, help, count) in counters {
+            if checkers.is_empty() {
+                break;
+            }
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (ingress, checker) in &checkers {
+                let labels = [("ingress", *ingress)];
+                ConstCounter::new(count(checker)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if !checkers.is_empty() {
+            let help = "OCSP answers about client certificates held in the cache";
+            let mut family =
+                encoder.encode_descriptor("ocsp_answers_cached", help, None, MetricType::Gauge)?;
+            for (ingress, checker) in &checkers {
+                let labels = [("ingress", *ingress)];
+                ConstGauge::new(checker.len() as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        self.encode_staples(&ingresses, encoder)
+    }
+
+    fn encode_staples(
+        &self,
+        ingresses: &[Arc<Ingress>],
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let staples: Vec<(&str, bool, u64)> = (ingresses.iter())
+            .filter_map(|ingress| {
+                let certificate = &ingress.tls.server_certificate;
+                let stapled = certificate.stapling()?;
+                let failures = certificate.staple_failures();
+                Some((ingress.hostname.as_str(), stapled, failures))
+            })
+            .collect();
+        if staples.is_empty() {
+            return Ok(());
+        }
+        let help = "1 when a current OCSP response is stapled to the server certificate";
+        let mut family = encoder.encode_descriptor("ocsp_staple", help, None, MetricType::Gauge)?;
+        for (ingress, stapled, _) in &staples {
+            let labels = [("ingress", *ingress)];
+            ConstGauge::new(i64::from(*stapled)).encode(family.encode_family(&labels)?)?;
+        }
+        let help = "Fetches of the server certificate's OCSP response that failed";
+        let mut family = encoder.encode_descriptor(
+            "ocsp_staple_fetch_failures",
+            help,
+            None,
+            MetricType::Counter,
+        )?;
+        for (ingress, _, failures) in staples {
+            let labels = [("ingress", ingress)];
+            ConstCounter::new(failures).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+
     /// Records which I/O driver the workers run on.
     pub fn set_io_driver(&self, driver: &str) {
         *self
@@ -670,6 +759,7 @@ impl Collector for Metrics {
 
         self.encode_backends(&mut encoder)?;
         self.encode_fetch_failures(&mut encoder)?;
+        self.encode_ocsp(&mut encoder)?;
         self.encode_latencies(&mut encoder)?;
 
         let access_log = self

@@ -1,7 +1,8 @@
 //! Reloading what changes while the gateway runs: the server certificate and key (when
 //! either file changes, and on SIGHUP), CRLs (files when they change, URLs on their
 //! interval or soon after a failed fetch, everything on SIGHUP) and session ticket keys
-//! (the key file when it changes, or the in-memory key when its rotation is due), each
+//! (the key file when it changes, or the in-memory key when its rotation is due), the
+//! server certificate's stapled OCSP response (halfway through its life), each
 //! ingress's on a thread of its own. A local JWKS file is watched by its own fetcher
 //! thread; SIGHUP asks it to read the file (or fetch the URL) again. New state goes into
 //! force for new handshakes at once and for live connections at the workers' next sweep;
@@ -90,6 +91,7 @@ pub fn spawn(
     };
     let mut tickets = tls.ticket_keys.clone().map(TicketReloader::new);
     let mut certificate = CertificateReloader::new(tls.server_certificate.clone());
+    let tls_certificate = tls.server_certificate.clone();
     let mut seen = REQUESTS.load(Ordering::Acquire);
     thread::Builder::new()
         .name("edge-reload".into())
@@ -105,6 +107,7 @@ pub fn spawn(
                 }
             }
             certificate.tick(asked);
+            tls_certificate.refresh_staple();
             if let Some(reloader) = revocation.as_mut() {
                 reloader.tick(asked);
             }

@@ -457,13 +457,35 @@ fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
     }
 }
 
+/// Threads shared by every worker for handshakes whose client verification may wait on
+/// an OCSP responder; made the first time one is needed.
+const HANDSHAKE_POOL_THREADS: usize = 16;
+
+/// The handshake pool, as monoio's `spawn_blocking` reaches it.
+struct HandshakePool;
+
+impl monoio::blocking::ThreadPool for HandshakePool {
+    fn schedule_task(&self, task: monoio::blocking::BlockingTask) {
+        static POOL: std::sync::OnceLock<monoio::blocking::DefaultThreadPool> =
+            std::sync::OnceLock::new();
+        POOL.get_or_init(|| monoio::blocking::DefaultThreadPool::new(HANDSHAKE_POOL_THREADS))
+            .schedule_task(task);
+    }
+}
+
 fn build_runtime(choice: IoDriverChoice) -> Result<WorkerRuntime, String> {
     let uring = || {
         RuntimeBuilder::<IoUringDriver>::new()
             .enable_timer()
+            .attach_thread_pool(Box::new(HandshakePool))
             .build()
     };
-    let epoll = || RuntimeBuilder::<LegacyDriver>::new().enable_timer().build();
+    let epoll = || {
+        RuntimeBuilder::<LegacyDriver>::new()
+            .enable_timer()
+            .attach_thread_pool(Box::new(HandshakePool))
+            .build()
+    };
     match choice {
         IoDriverChoice::IoUring => uring()
             .map(WorkerRuntime::IoUring)

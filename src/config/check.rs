@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ApplicationAuthKind, ClientAuthMode, Config, IngressConfig, Problems};
+use super::{ApplicationAuthKind, ClientAuthMode, Config, IngressConfig, OcspConfig, Problems};
 
 /// The largest `max_head_bytes` accepted.
 const MAX_HEAD_LIMIT: usize = 1024 * 1024;
@@ -207,6 +207,12 @@ fn check_auth(ingress: &IngressConfig, problems: &mut Problems) {
 
 fn check_device_policy(ingress: &IngressConfig, problems: &mut Problems) {
     let policy = &ingress.transport_security;
+    if let Some(ocsp) = &policy.ocsp {
+        check_ocsp(ocsp, problems);
+    }
+    if let Some(url) = &ingress.server_tls.ocsp_responder {
+        check_ocsp_url(url, "ingress.server_tls.ocsp_responder", problems);
+    }
     if policy.mode != ClientAuthMode::Tls {
         return;
     }
@@ -218,5 +224,31 @@ fn check_device_policy(ingress: &IngressConfig, problems: &mut Problems) {
             "ingress.transport_security.mode",
             "is tls: no client certificate is asked for, and the CA and CRL settings are ignored",
         );
+    }
+}
+
+fn check_ocsp(ocsp: &OcspConfig, problems: &mut Problems) {
+    let field = |name: &str| format!("ingress.transport_security.ocsp.{name}");
+    if ocsp.timeout.is_zero() || ocsp.timeout > Duration::from_secs(30) {
+        problems.push(&field("timeout"), "must be between 1ms and 30s");
+    }
+    if ocsp.max_age < Duration::from_secs(1) {
+        problems.push(&field("max_age"), "must be at least 1s");
+    }
+    if ocsp.retry_interval < Duration::from_millis(100) {
+        problems.push(&field("retry_interval"), "must be at least 100ms");
+    }
+    for (index, responder) in ocsp.responders.iter().enumerate() {
+        check_ocsp_url(
+            &responder.url,
+            &field(&format!("responders[{index}].url")),
+            problems,
+        );
+    }
+}
+
+fn check_ocsp_url(url: &str, field: &str, problems: &mut Problems) {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        problems.push(field, "must be an http:// or https:// URL");
     }
 }

@@ -317,6 +317,14 @@ pub struct ServerTlsConfig {
     /// Lowest TLS version accepted: `"1.2"` or `"1.3"`. Default `"1.2"`.
     #[serde(default)]
     pub min_version: TlsVersion,
+    /// Staple an OCSP response for the server certificate: fetched in the background from
+    /// its responder, refreshed before it lapses, left out (with a warning) when none is
+    /// valid. Needs the issuer as the second certificate of `cert_chain`. Default `false`.
+    #[serde(default)]
+    pub ocsp_stapling: bool,
+    /// The responder asked for the staple. Default: the certificate's AIA OCSP URL.
+    #[serde(default)]
+    pub ocsp_responder: Option<String>,
 }
 
 /// A TLS protocol version.
@@ -373,6 +381,65 @@ pub struct TransportSecurityConfig {
     /// a warning. Default `refuse`.
     #[serde(default)]
     pub expired_crl: ExpiredCrlPolicy,
+    /// Client certificates checked with their issuer's OCSP responder. Default: none.
+    #[serde(default)]
+    pub ocsp: Option<OcspConfig>,
+}
+
+/// OCSP checking of client certificates (RFC 6960). Only the leaf is checked; CRLs, when
+/// configured, still apply to the whole chain.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OcspConfig {
+    /// `hard-fail`: a certificate without a valid answer is refused. `soft-fail`: it is
+    /// admitted, with a warning and a count. A `revoked` answer is refused either way.
+    pub policy: OcspPolicy,
+    /// Responders to ask instead of the one in a certificate's AIA extension, by the CA
+    /// that issued the certificate. Default: none.
+    #[serde(default)]
+    pub responders: Vec<OcspResponderConfig>,
+    /// How long a handshake with a certificate that has no answer yet waits for one.
+    /// Default `2s`.
+    #[serde(default = "default_ocsp_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The longest a response is used, whatever its nextUpdate says. Default `1h`.
+    #[serde(default = "default_ocsp_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// How long a responder that failed is not asked again; meanwhile its certificates
+    /// have no answer. Default `5s`.
+    #[serde(default = "default_ocsp_retry", with = "humantime_serde")]
+    pub retry_interval: Duration,
+}
+
+/// What a certificate without a valid OCSP answer meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum OcspPolicy {
+    /// Refused.
+    #[serde(rename = "hard-fail", alias = "hard_fail")]
+    HardFail,
+    /// Admitted, logged and counted.
+    #[serde(rename = "soft-fail", alias = "soft_fail")]
+    SoftFail,
+}
+
+/// A responder for the certificates one CA issues.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OcspResponderConfig {
+    /// PEM file with the issuing CA's certificate.
+    pub issuer: PathBuf,
+    /// The responder's URL (`http` or `https`).
+    pub url: String,
+}
+
+fn default_ocsp_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+fn default_ocsp_max_age() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_ocsp_retry() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_crl_refresh() -> Duration {

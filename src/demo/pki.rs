@@ -4,9 +4,10 @@
 use std::net::IpAddr;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevocationReason, RevokedCertParams, SanType, SerialNumber, SignatureAlgorithm,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
+    DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
+    SignatureAlgorithm,
 };
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
@@ -53,6 +54,8 @@ pub enum Usage {
     Server,
     /// A TLS client: a device (extended key usage clientAuth).
     Client,
+    /// An OCSP responder a CA delegates its answers to (extended key usage OCSPSigning).
+    OcspSigner,
 }
 
 /// What to put in a certificate.
@@ -66,6 +69,7 @@ pub struct CertRequest {
     key: KeyKind,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    ocsp_url: Option<String>,
 }
 
 impl CertRequest {
@@ -87,6 +91,12 @@ impl CertRequest {
         request
     }
 
+    /// A delegated OCSP responder's certificate named `common_name`, valid from yesterday
+    /// for 30 days, P-256.
+    pub fn ocsp_responder(common_name: &str) -> Self {
+        Self::new(common_name, Usage::OcspSigner)
+    }
+
     fn new(common_name: &str, usage: Usage) -> Self {
         let now = OffsetDateTime::now_utc();
         Self {
@@ -98,6 +108,7 @@ impl CertRequest {
             key: KeyKind::EcdsaP256,
             not_before: now - Duration::days(1),
             not_after: now + Duration::days(30),
+            ocsp_url: None,
         }
     }
 
@@ -110,6 +121,13 @@ impl CertRequest {
     /// Adds a URI subject alternative name (a SPIFFE ID, say).
     pub fn uri(mut self, uri: &str) -> Self {
         self.uris.push(uri.to_owned());
+        self
+    }
+
+    /// Names `url` as where to ask about this certificate's status: an Authority
+    /// Information Access extension with one OCSP access description.
+    pub fn ocsp_url(mut self, url: &str) -> Self {
+        self.ocsp_url = Some(url.to_owned());
         self
     }
 
@@ -131,7 +149,9 @@ impl CertRequest {
         params.extended_key_usages = vec![match self.usage {
             Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
             Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+            Usage::OcspSigner => ExtendedKeyUsagePurpose::OcspSigning,
         }];
+        params.custom_extensions = self.ocsp_url.iter().map(|u| ocsp_access(u)).collect();
         let dns = self
             .dns_names
             .iter()
@@ -162,6 +182,24 @@ pub struct IssuedCert {
     serial: SerialNumber,
 }
 
+impl IssuedCert {
+    /// The serial number as OpenSSL's CA index file writes it: uppercase hex, two digits
+    /// a byte, without leading zero bytes.
+    pub fn serial_hex(&self) -> String {
+        let bytes = self.serial.as_ref();
+        let significant = bytes.iter().position(|b| *b != 0).unwrap_or(bytes.len());
+        let hex: String = bytes[significant..]
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect();
+        if hex.is_empty() {
+            "00".to_owned()
+        } else {
+            hex
+        }
+    }
+}
+
 /// A certificate authority that can issue certificates and CRLs.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
@@ -172,6 +210,8 @@ pub struct Authority {
     /// What a leaf it issues appends to its own certificate: this CA's certificate and
     /// its parents', without the root.
     intermediates_pem: String,
+    /// The CA's private key, PKCS#8 PEM.
+    key_pem: String,
 }
 
 impl Authority {
@@ -183,6 +223,7 @@ impl Authority {
         Self {
             cert_pem: cert.pem(),
             der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
             intermediates_pem: String::new(),
         }
@@ -198,8 +239,15 @@ impl Authority {
             intermediates_pem: format!("{pem}{}", self.intermediates_pem),
             cert_pem: pem,
             der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
             issuer: Issuer::new(params, key),
         }
+    }
+
+    /// The CA's private key, PKCS#8 PEM: for tools that sign as the CA itself (an OCSP
+    /// responder answering without a delegate, say).
+    pub fn key_pem(&self) -> String {
+        self.key_pem.clone()
     }
 
     /// Issues a certificate as `request` describes.
@@ -277,6 +325,36 @@ fn name(common_name: &str) -> DistinguishedName {
     name
 }
 
+/// The Authority Information Access extension (RFC 5280, 4.2.2.1) naming `url` as the
+/// certificate's OCSP responder; not critical.
+fn ocsp_access(url: &str) -> CustomExtension {
+    const AUTHORITY_INFO_ACCESS: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+    // id-ad-ocsp, 1.3.6.1.5.5.7.48.1, as DER content octets.
+    const ID_AD_OCSP: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01];
+    let method = der(0x06, ID_AD_OCSP);
+    // GeneralName uniformResourceIdentifier: [6] IMPLICIT IA5String.
+    let location = der(0x86, url.as_bytes());
+    let description = der(0x30, &[method, location].concat());
+    let syntax = der(0x30, &description);
+    CustomExtension::from_oid_content(AUTHORITY_INFO_ACCESS, syntax)
+}
+
+/// One DER element: `tag`, the definite length of `content`, then `content`.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut element = vec![tag];
+    let length = content.len();
+    if length < 0x80 {
+        element.push(length as u8);
+    } else {
+        let octets = length.to_be_bytes();
+        let significant = octets.iter().position(|b| *b != 0).unwrap_or(octets.len());
+        element.push(0x80 | (octets.len() - significant) as u8);
+        element.extend_from_slice(&octets[significant..]);
+    }
+    element.extend_from_slice(content);
+    element
+}
+
 /// A positive 16-byte serial number.
 fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
@@ -284,4 +362,94 @@ fn random_serial() -> SerialNumber {
     bytes[0] &= 0x7f;
     bytes[0] |= 0x01;
     SerialNumber::from_slice(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_OCSP;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+
+    use super::*;
+
+    fn ocsp_urls(der: &[u8]) -> Vec<String> {
+        let (_, cert) = X509Certificate::from_der(der).expect("certificate");
+        let mut urls = Vec::new();
+        for extension in cert.extensions() {
+            let ParsedExtension::AuthorityInfoAccess(access) = extension.parsed_extension() else {
+                continue;
+            };
+            assert!(!extension.critical);
+            for description in access.iter() {
+                assert_eq!(description.access_method, OID_PKIX_ACCESS_DESCRIPTOR_OCSP);
+                if let GeneralName::URI(uri) = description.access_location {
+                    urls.push(uri.to_owned());
+                }
+            }
+        }
+        urls
+    }
+
+    #[test]
+    fn an_ocsp_url_becomes_the_certificates_authority_information_access() {
+        let ca = Authority::root("ca");
+        let url = "http://127.0.0.1:8080";
+        let client = ca.issue(&CertRequest::client("device").ocsp_url(url));
+        let server = ca.issue(&CertRequest::server(&["localhost"]).ocsp_url(url));
+        assert_eq!(ocsp_urls(&client.der), [url]);
+        assert_eq!(ocsp_urls(&server.der), [url]);
+        assert!(ocsp_urls(&ca.issue(&CertRequest::client("plain")).der).is_empty());
+    }
+
+    #[test]
+    fn an_ocsp_url_longer_than_127_bytes_is_encoded_with_a_long_form_length() {
+        let url = format!("http://127.0.0.1/{}", "a".repeat(300));
+        let cert = Authority::root("ca").issue(&CertRequest::client("device").ocsp_url(&url));
+        assert_eq!(ocsp_urls(&cert.der), [url]);
+        assert_eq!(der(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
+        assert_eq!(der(0x04, &[0; 300])[..4], [0x04, 0x82, 0x01, 0x2c]);
+    }
+
+    #[test]
+    fn an_ocsp_responder_certificate_carries_the_ocsp_signing_purpose() {
+        let cert = Authority::root("ca").issue(&CertRequest::ocsp_responder("responder"));
+        let (_, parsed) = X509Certificate::from_der(&cert.der).expect("certificate");
+        let usage = parsed
+            .extended_key_usage()
+            .expect("parses")
+            .expect("present");
+        assert!(usage.value.ocsp_signing);
+        assert!(!usage.value.client_auth && !usage.value.server_auth);
+    }
+
+    #[test]
+    fn a_serial_is_written_as_uppercase_hex_with_two_digits_a_byte() {
+        let cert = Authority::root("ca").issue(&CertRequest::client("device"));
+        let hex = cert.serial_hex();
+        assert_eq!(hex.len(), 32);
+        assert!(hex
+            .chars()
+            .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase()));
+        let (_, parsed) = X509Certificate::from_der(&cert.der).expect("certificate");
+        assert_eq!(
+            hex,
+            parsed
+                .raw_serial_as_string()
+                .replace(':', "")
+                .to_uppercase()
+        );
+    }
+
+    #[test]
+    fn an_authority_hands_out_the_key_its_certificate_holds() {
+        let ca = Authority::root("ca");
+        let key = KeyPair::from_pem(&ca.key_pem()).expect("PKCS#8 key");
+        let (_, parsed) = X509Certificate::from_der(&ca.der).expect("certificate");
+        assert_eq!(
+            key.public_key_raw(),
+            parsed.public_key().subject_public_key.data.as_ref()
+        );
+        let intermediate = ca.intermediate("intermediate");
+        assert_ne!(intermediate.key_pem(), ca.key_pem());
+    }
 }

@@ -385,7 +385,14 @@ async fn serve_connection(socket: TcpStream, arrival: Arrival, worker: &Worker) 
     let chosen: RefCell<Option<Rc<LocalIngress>>> = RefCell::new(None);
     let choose = |sni: Option<&str>| {
         let local = ingresses.select(sni)?;
-        let config = local.ingress.tls.server_config.clone();
+        let tls = &local.ingress.tls;
+        let config = stream::Chosen {
+            config: tls.server_config.clone(),
+            may_wait: tls
+                .device
+                .as_ref()
+                .is_some_and(|device| device.ocsp().is_some()),
+        };
         *chosen.borrow_mut() = Some(local);
         Some(config)
     };
@@ -464,7 +471,7 @@ async fn handshake(
     initial: Vec<u8>,
     peer: SocketAddr,
     worker: &Worker,
-    choose: impl FnOnce(Option<&str>) -> Option<Arc<rustls::ServerConfig>>,
+    choose: impl FnOnce(Option<&str>) -> Option<stream::Chosen>,
     admit: impl AsyncFnOnce() -> bool,
 ) -> Option<TlsSession> {
     let limit = worker.limits.handshake_timeout;

@@ -1,11 +1,12 @@
 //! Device authentication: the client-certificate verifier. Path building and signature
 //! checks are webpki's; around them this keeps the verified-chain cache, swaps in new
 //! CRLs as a new revocation epoch without rebuilding the TLS configuration, re-checks
-//! chains for resumed and live sessions, and logs every refusal with its reason and the
-//! certificate's SHA-256.
+//! chains for resumed and live sessions, asks OCSP about the leaf where the policy says
+//! so, and logs every refusal with its reason and the certificate's SHA-256.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
@@ -14,16 +15,20 @@ use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
-use tracing::debug;
+use tracing::{debug, info, warn};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 
 use super::chain_cache::{ChainCache, ChainKey, VerifiedChain};
 use super::handshake_notes;
 use super::identity;
+use super::ocsp::{OcspChecker, Verdict};
 use super::refusal::HandshakeRefusal;
 use super::revocation::RevocationSet;
-use crate::config::{ClientAuthMode, ExpiredCrlPolicy, RevocationScope, TransportSecurityConfig};
+use super::trust::unix_now;
+use crate::config::{
+    ClientAuthMode, ExpiredCrlPolicy, OcspPolicy, RevocationScope, TransportSecurityConfig,
+};
 
 /// The most intermediates a client chain may carry.
 const MAX_INTERMEDIATES: usize = 6;
@@ -58,6 +63,19 @@ pub struct DeviceVerifier {
     /// Intermediate CAs proven (by signature) to have issued a verified chain, so that a
     /// reloaded CRL of theirs can have its signature checked before it is put in force.
     known_issuers: Mutex<Vec<CertificateDer<'static>>>,
+    /// OCSP for the leaf, when the policy asks for it.
+    ocsp: Option<Arc<OcspChecker>>,
+    /// The trusted CA certificates: the issuer of a leaf that no intermediate issued.
+    trusted_cas: Vec<CertificateDer<'static>>,
+}
+
+/// What a device needs besides its CRLs: OCSP, and the CA certificates it names.
+#[derive(Debug, Default)]
+pub struct DeviceOcsp {
+    /// The checker; `None` when OCSP is off.
+    pub checker: Option<Arc<OcspChecker>>,
+    /// The trusted CA certificates.
+    pub trusted_cas: Vec<CertificateDer<'static>>,
 }
 
 impl std::fmt::Debug for DeviceVerifier {
@@ -79,12 +97,13 @@ impl DeviceVerifier {
         revocation: &RevocationSet,
         provider: Arc<CryptoProvider>,
         cache_size: usize,
+        ocsp: DeviceOcsp,
     ) -> Result<Arc<Self>, String> {
         let roots = Arc::new(roots);
         let number = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
         let first = build_epoch(policy, &roots, revocation, &provider, number)?;
         let root_hints = first.webpki.root_hint_subjects().to_vec();
-        Ok(Arc::new(Self {
+        let verifier = Arc::new(Self {
             policy: policy.clone(),
             roots,
             provider,
@@ -93,7 +112,35 @@ impl DeviceVerifier {
             cache: ChainCache::new(cache_size),
             refusals_by_revocation: AtomicU64::new(0),
             known_issuers: Mutex::new(Vec::new()),
-        }))
+            ocsp: ocsp.checker,
+            trusted_cas: ocsp.trusted_cas,
+        });
+        if verifier.ocsp.is_some() {
+            let weak = Arc::downgrade(&verifier);
+            std::thread::Builder::new()
+                .name("srrrs-ocsp-refresh".into())
+                .spawn(move || refresh_ocsp(weak))
+                .map_err(|error| format!("cannot start the OCSP refresher: {error}"))?;
+        }
+        Ok(verifier)
+    }
+
+    /// The OCSP checker, when OCSP is on.
+    pub fn ocsp(&self) -> Option<&Arc<OcspChecker>> {
+        self.ocsp.as_ref()
+    }
+
+    /// Puts a new revocation epoch in force with the same CRLs: every cached verdict and
+    /// every live connection is checked again (a certificate was found revoked by OCSP).
+    pub fn renew_epoch(&self) -> u64 {
+        let current = self.current.load();
+        let number = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
+        self.current.store(Arc::new(TrustEpoch {
+            number,
+            webpki: current.webpki.clone(),
+            crls_good_until: current.crls_good_until,
+        }));
+        number
     }
 
     /// Whether a certificate whose revocation status is unknown is refused.
@@ -157,11 +204,19 @@ impl DeviceVerifier {
         }
         match epoch.webpki.verify_client_cert(leaf, intermediates, now) {
             Ok(_) => {
-                let chain =
-                    VerifiedChain::new(leaf, intermediates, epoch.number, epoch.crls_good_until)
-                        .ok_or(Error::InvalidCertificate(
-                            rustls::CertificateError::BadEncoding,
-                        ))?;
+                let ocsp_until =
+                    self.ocsp_status(leaf, intermediates, seconds)
+                        .inspect_err(|error| {
+                            self.note_refusal(error, leaf);
+                        })?;
+                let good_until = match (epoch.crls_good_until, ocsp_until) {
+                    (Some(crls), Some(ocsp)) => Some(crls.min(ocsp)),
+                    (crls, ocsp) => crls.or(ocsp),
+                };
+                let chain = VerifiedChain::new(leaf, intermediates, epoch.number, good_until)
+                    .ok_or(Error::InvalidCertificate(
+                        rustls::CertificateError::BadEncoding,
+                    ))?;
                 let chain = Arc::new(chain);
                 self.cache.insert(chain.clone(), seconds);
                 self.learn_issuers(leaf, intermediates);
@@ -170,6 +225,48 @@ impl DeviceVerifier {
             Err(error) => {
                 self.note_refusal(&error, leaf);
                 Err(error)
+            }
+        }
+    }
+
+    /// What OCSP says of a leaf whose chain verified: until when the verdict holds, or the
+    /// refusal. The issuer is the intermediate or trusted CA that signed the leaf.
+    fn ocsp_status(
+        &self,
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: i64,
+    ) -> Result<Option<i64>, Error> {
+        let Some(checker) = &self.ocsp else {
+            return Ok(None);
+        };
+        let bad = Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
+        let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|_| bad.clone())?;
+        let issuer = intermediates
+            .iter()
+            .chain(&self.trusted_cas)
+            .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, c)| c))
+            .find(|candidate| {
+                candidate.subject().as_raw() == cert.issuer().as_raw()
+                    && cert.verify_signature(Some(candidate.public_key())).is_ok()
+            });
+        let verdict = match issuer {
+            Some(issuer) => checker.status(&cert, &issuer, now),
+            None => Verdict::NoAnswer("the issuer's certificate is not at hand".into()),
+        };
+        match verdict {
+            Verdict::Good { until } => Ok(Some(until)),
+            Verdict::Revoked => Err(Error::InvalidCertificate(rustls::CertificateError::Revoked)),
+            Verdict::NoAnswer(reason) if checker.policy() == OcspPolicy::HardFail => {
+                debug!(%reason, cert.sha256 = %identity::fingerprint(leaf), "OCSP: no valid answer; refused under hard-fail");
+                Err(Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownRevocationStatus,
+                ))
+            }
+            Verdict::NoAnswer(reason) => {
+                checker.note_soft_admission();
+                warn!(%reason, cert.sha256 = %identity::fingerprint(leaf), cert.subject = %identity::subject_of(leaf), "OCSP: no valid answer; admitted under soft-fail");
+                Ok(Some(now + checker.retry_interval().as_secs().max(1) as i64))
             }
         }
     }
@@ -232,6 +329,28 @@ impl DeviceVerifier {
             cert.subject = %identity::subject_of(leaf),
             "client certificate refused"
         );
+    }
+}
+
+/// Keeps the OCSP answers in use fresh for as long as the verifier lives; a certificate
+/// found revoked on the way puts a new epoch in force, which closes its live connections
+/// and keeps its tickets from resuming.
+fn refresh_ocsp(verifier: Weak<DeviceVerifier>) {
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let Some(verifier) = verifier.upgrade() else {
+            return;
+        };
+        let Some(checker) = verifier.ocsp.clone() else {
+            return;
+        };
+        if checker.refresh(unix_now()) {
+            let epoch = verifier.renew_epoch();
+            info!(
+                epoch,
+                "OCSP found a certificate in use revoked; a new revocation epoch is in force"
+            );
+        }
     }
 }
 

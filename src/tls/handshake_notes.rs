@@ -40,6 +40,41 @@ impl HandshakeNotes {
     }
 }
 
+/// A copy of one connection's notes that can travel to another thread (the handshake
+/// pool) and back.
+#[derive(Debug, Default)]
+pub struct DetachedNotes {
+    verified: Option<Arc<VerifiedChain>>,
+    from_ticket: Option<Arc<VerifiedChain>>,
+}
+
+impl HandshakeNotes {
+    /// A copy to take to another thread.
+    pub fn detach(&self) -> DetachedNotes {
+        DetachedNotes {
+            verified: self.verified.borrow().clone(),
+            from_ticket: self.from_ticket.borrow().clone(),
+        }
+    }
+
+    /// Takes back what was noted on the other thread.
+    pub fn adopt(&self, notes: DetachedNotes) {
+        *self.verified.borrow_mut() = notes.verified;
+        *self.from_ticket.borrow_mut() = notes.from_ticket;
+    }
+}
+
+/// Runs `step` on this thread with `notes` as the current handshake's, and gives them
+/// back with what `step` noted.
+pub fn within_detached<R>(notes: DetachedNotes, step: impl FnOnce() -> R) -> (R, DetachedNotes) {
+    let local = Rc::new(HandshakeNotes {
+        verified: RefCell::new(notes.verified),
+        from_ticket: RefCell::new(notes.from_ticket),
+    });
+    let result = within(&local, step);
+    (result, local.detach())
+}
+
 /// Runs `step` with `notes` as the current handshake's.
 pub fn within<R>(notes: &Rc<HandshakeNotes>, step: impl FnOnce() -> R) -> R {
     let previous = CURRENT.with(|current| current.replace(Some(notes.clone())));

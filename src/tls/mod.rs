@@ -7,6 +7,7 @@ pub mod chain_cache;
 pub mod client_auth;
 pub mod handshake_notes;
 pub mod identity;
+pub mod ocsp;
 pub mod pem;
 mod refusal;
 pub mod revocation;

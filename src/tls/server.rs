@@ -3,7 +3,9 @@
 //! it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::{aws_lc_rs, CryptoProvider};
@@ -12,17 +14,19 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedProtocolVersion};
-use tracing::info;
+use tracing::{info, warn};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
 
-use super::client_auth::DeviceVerifier;
+use super::client_auth::{DeviceOcsp, DeviceVerifier};
+use super::ocsp::staple::{self, Staple};
 use super::pem;
 use super::revocation::{RevocationSet, RevocationSources};
 use super::tickets::{TicketKeyRing, TicketKeySource, Ticketer};
-use super::trust::{self, describe_time, TrustStore};
+use super::trust::{self, describe_time, unix_now, TrustStore};
 use crate::config::{ClientAuthMode, IngressSource, Problems, TlsVersion};
+use crate::fetch::Fetcher;
 use crate::reload::FileStamp;
 
 /// The ALPN protocol this gateway speaks.
@@ -148,12 +152,17 @@ fn device_verifier(
         return Some(None);
     }
     let roots = trust.roots.clone();
+    let ocsp = DeviceOcsp {
+        checker: trust::ocsp_checker(loaded, problems).map(Arc::new),
+        trusted_cas: trust.certificates.clone(),
+    };
     match DeviceVerifier::new(
         policy,
         roots,
         revocation,
         provider.clone(),
         policy.chain_cache_size,
+        ocsp,
     ) {
         Ok(device) => Some(Some(device)),
         // Why there are no roots has been said already, field by field.
@@ -211,14 +220,29 @@ pub(super) fn provider() -> CryptoProvider {
 }
 
 /// The server's certificate and key, served whatever the SNI (the SNI rule runs before
-/// rustls), and replaced whole by a reload once the new pair has been checked.
+/// rustls), and replaced whole by a reload once the new pair has been checked; with the
+/// OCSP response stapled to it, when stapling is on and a current one is at hand.
 #[derive(Debug)]
 pub struct ServerCertificate {
     current: ArcSwap<CertifiedKey>,
     chain: PathBuf,
     key: PathBuf,
     provider: Arc<CryptoProvider>,
+    stapling: Option<Stapling>,
 }
+
+/// The state of stapling.
+#[derive(Debug)]
+struct Stapling {
+    responder: Option<String>,
+    fetcher: Fetcher,
+    staple: Mutex<Option<Staple>>,
+    next_attempt: Mutex<Instant>,
+    failures: AtomicU64,
+}
+
+/// How soon a failed fetch of the staple is tried again.
+const STAPLE_RETRY: Duration = Duration::from_secs(10);
 
 impl ResolvesServerCert for ServerCertificate {
     fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
@@ -237,12 +261,28 @@ impl ServerCertificate {
             loaded.resolve(&tls.cert_chain),
             loaded.resolve(&tls.private_key),
         );
+        let stapling = tls.ocsp_stapling.then(|| Stapling {
+            responder: tls.ocsp_responder.clone(),
+            fetcher: staple::staple_fetcher(),
+            staple: Mutex::new(None),
+            next_attempt: Mutex::new(Instant::now()),
+            failures: AtomicU64::new(0),
+        });
         match load_pair(&chain, &key, &provider) {
+            Ok(certified)
+                if stapling.is_some()
+                    && !staple::can_staple(&certified.cert, tls.ocsp_responder.is_some()) =>
+            {
+                let message = "needs the issuer's certificate after the leaf in cert_chain, and an OCSP URL in the leaf's AIA extension or ocsp_responder";
+                problems.push("ingress.server_tls.ocsp_stapling", message);
+                None
+            }
             Ok(certified) => Some(Self {
                 current: ArcSwap::from_pointee(certified),
                 chain,
                 key,
                 provider,
+                stapling,
             }),
             Err(errors) => {
                 for (field, error) in errors {
@@ -265,7 +305,76 @@ impl ServerCertificate {
             described.join("; ")
         })?;
         self.current.store(Arc::new(certified));
+        self.restaple(unix_now());
         Ok(())
+    }
+
+    /// Whether stapling is on, and whether a response is stapled now.
+    pub fn stapling(&self) -> Option<bool> {
+        self.stapling.as_ref()?;
+        Some(self.current.load().ocsp.is_some())
+    }
+
+    /// How many fetches of the staple have failed.
+    pub fn staple_failures(&self) -> u64 {
+        (self.stapling.as_ref()).map_or(0, |s| s.failures.load(Ordering::Relaxed))
+    }
+
+    /// Fetches a new staple when the one held is halfway through its life (or missing,
+    /// or for a certificate no longer served), and unstaples a lapsed one. Runs on the
+    /// reload thread; the fetch waits for the responder.
+    pub fn refresh_staple(&self) {
+        let Some(stapling) = &self.stapling else {
+            return;
+        };
+        let now = unix_now();
+        let chain = self.current.load().cert.clone();
+        let held = lock(&stapling.staple).clone();
+        let due = held
+            .as_ref()
+            .is_none_or(|staple| !staple.serves(&chain[0], now) || staple.is_due(now));
+        if due && Instant::now() >= *lock(&stapling.next_attempt) {
+            match staple::fetch(
+                &chain,
+                stapling.responder.as_deref(),
+                &stapling.fetcher,
+                now,
+            ) {
+                Ok(staple) => {
+                    info!(good_until = %describe_time(Some(staple.good_until)), "OCSP response for the server certificate stapled");
+                    *lock(&stapling.staple) = Some(staple);
+                }
+                Err(error) => {
+                    stapling.failures.fetch_add(1, Ordering::Relaxed);
+                    *lock(&stapling.next_attempt) = Instant::now() + STAPLE_RETRY;
+                    let stapled = held.as_ref().is_some_and(|s| s.serves(&chain[0], now));
+                    warn!(%error, stapled, "no fresh OCSP response for the server certificate");
+                }
+            }
+        }
+        self.restaple(now);
+    }
+
+    /// Puts the staple held on the certificate in force, or takes a lapsed one off.
+    fn restaple(&self, now: i64) {
+        let Some(stapling) = &self.stapling else {
+            return;
+        };
+        let current = self.current.load_full();
+        let staple = lock(&stapling.staple);
+        let response = staple
+            .as_ref()
+            .filter(|staple| staple.serves(&current.cert[0], now))
+            .map(|staple| staple.response.clone());
+        if response == current.ocsp {
+            return;
+        }
+        if response.is_none() {
+            warn!("the server certificate's OCSP response is no longer current; none is stapled");
+        }
+        let mut stapled = CertifiedKey::new(current.cert.clone(), current.key.clone());
+        stapled.ocsp = response;
+        self.current.store(Arc::new(stapled));
     }
 
     /// What identifies the two files' contents without reading them (inode, size,
@@ -279,6 +388,12 @@ impl ServerCertificate {
     pub fn leaf(&self) -> Option<CertificateDer<'static>> {
         self.current.load().cert.first().cloned()
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The most certificates a server chain may hold; more make handshakes that many

@@ -25,6 +25,7 @@ use rustls::{
 };
 
 use super::handshake_notes::{self, HandshakeNotes};
+use super::ocsp;
 use super::refusal::HandshakeRefusal;
 use crate::socket;
 use crate::upstream::proxy_protocol;
@@ -79,6 +80,17 @@ pub struct TlsSession {
     pub facts: HandshakeFacts,
 }
 
+/// The configuration of a handshake, as chosen by the SNI.
+#[derive(Debug, Clone)]
+pub struct Chosen {
+    /// The rustls configuration.
+    pub config: Arc<ServerConfig>,
+    /// Verifying the client's certificate may wait (for an OCSP answer): the client's
+    /// flights after the ClientHello are then processed on the handshake pool, so that
+    /// the wait never holds up the worker.
+    pub may_wait: bool,
+}
+
 /// Runs a server handshake on `socket` (whose first bytes, when already read, are
 /// `initial`), under the configuration `choose` gives for the
 /// SNI the client sent (`None`: refused with `unrecognized_name`). On failure the alert
@@ -88,7 +100,7 @@ pub struct TlsSession {
 pub async fn accept(
     socket: TcpStream,
     initial: Vec<u8>,
-    choose: impl FnOnce(Option<&str>) -> Option<Arc<ServerConfig>>,
+    choose: impl FnOnce(Option<&str>) -> Option<Chosen>,
     admit: impl AsyncFnOnce() -> bool,
 ) -> Result<TlsSession, HandshakeFailure> {
     let received = !initial.is_empty();
@@ -99,6 +111,7 @@ pub async fn accept(
         notes: Rc::default(),
         leftover: Vec::new(),
         received,
+        may_wait: false,
     };
     if !received {
         handshake.input.reserve(QUIET_READ);
@@ -118,11 +131,12 @@ pub async fn accept(
         .client_hello()
         .server_name()
         .map(str::to_ascii_lowercase);
-    let Some(config) = choose(handshake.sni.as_deref()) else {
+    let Some(Chosen { config, may_wait }) = choose(handshake.sni.as_deref()) else {
         handshake.send(UNRECOGNIZED_NAME_ALERT.to_vec()).await;
         let detail = format!("SNI {:?} names no ingress", handshake.sni);
         return Err(handshake.failure(HandshakeRefusal::UnrecognizedName, detail));
     };
+    handshake.may_wait = may_wait;
     // A ticket in the ClientHello is opened (and its chain re-checked) right here.
     let connection =
         match handshake_notes::within(&handshake.notes, || accepted.into_connection(config)) {
@@ -144,6 +158,7 @@ struct Handshake {
     notes: Rc<HandshakeNotes>,
     leftover: Vec<u8>,
     received: bool,
+    may_wait: bool,
 }
 
 impl Handshake {
@@ -198,7 +213,14 @@ impl Handshake {
                 break;
             }
             self.read_some().await?;
-            let processed = handshake_notes::within(&self.notes, || feed(&mut conn, &self.input));
+            let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+            let processed = if self.may_wait && !resumed {
+                let (back, processed) = self.feed_on_pool(conn).await?;
+                conn = back;
+                processed
+            } else {
+                handshake_notes::within(&self.notes, || feed(&mut conn, &self.input))
+            };
             if let Err(error) = processed {
                 // The alert rustls queued for this error is still to be sent.
                 let _ = self.flush(&mut conn).await;
@@ -214,6 +236,29 @@ impl Handshake {
             alpn: conn.alpn_protocol().is_some(),
         };
         Ok(split(self.socket, conn, facts))
+    }
+
+    /// Feeds what was read to rustls on the handshake pool, where the client verifier may
+    /// wait for an OCSP answer, with this connection's notes taken along and back.
+    async fn feed_on_pool(
+        &mut self,
+        mut conn: ServerConnection,
+    ) -> Result<(ServerConnection, Result<(), rustls::Error>), HandshakeFailure> {
+        let input = std::mem::take(&mut self.input);
+        let notes = self.notes.detach();
+        let fed = monoio::spawn_blocking(move || {
+            let (processed, notes) = handshake_notes::within_detached(notes, || {
+                ocsp::allow_waiting(|| feed(&mut conn, &input))
+            });
+            (conn, input, processed, notes)
+        })
+        .await;
+        let Ok((conn, input, processed, notes)) = fed else {
+            return Err(self.failure(HandshakeRefusal::PeerClosed, "the handshake pool is gone"));
+        };
+        self.input = input;
+        self.notes.adopt(notes);
+        Ok((conn, processed))
     }
 
     async fn read_some(&mut self) -> Result<(), HandshakeFailure> {

@@ -7,7 +7,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
+use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::ocsp::OcspChecker;
 use super::revocation::{CrlSummary, RevocationSet, RevocationSources, MAX_CRL_DOCUMENT};
 use super::{identity, pem};
 use crate::config::{ClientAuthMode, ExpiredCrlPolicy, IngressSource, Problems, RevocationScope};
@@ -60,6 +62,38 @@ pub fn revocation_sources(
     ))
 }
 
+/// The OCSP checker of the ingress, when its policy asks for OCSP; each responder
+/// override is keyed by the key of the CA certificate(s) in its `issuer` file.
+pub fn ocsp_checker(loaded: &IngressSource, problems: &mut Problems) -> Option<OcspChecker> {
+    let policy = &loaded.ingress.transport_security;
+    let config = policy.ocsp.as_ref()?;
+    if policy.mode == ClientAuthMode::Tls {
+        return None;
+    }
+    let mut overrides = Vec::new();
+    for (index, responder) in config.responders.iter().enumerate() {
+        let field = format!("ingress.transport_security.ocsp.responders[{index}].issuer");
+        let certs = match pem::certificates(&loaded.resolve(&responder.issuer)) {
+            Ok(certs) => certs,
+            Err(error) => {
+                problems.push(&field, error);
+                continue;
+            }
+        };
+        for cert in certs {
+            match X509Certificate::from_der(cert.as_ref()) {
+                Ok((_, parsed)) => {
+                    overrides.push((parsed.public_key().raw.to_vec(), responder.url.clone()))
+                }
+                Err(error) => {
+                    problems.push(&field, format!("a certificate does not parse: {error}"))
+                }
+            }
+        }
+    }
+    Some(OcspChecker::new(config, overrides))
+}
+
 /// A digest of everything that decides who gets in through this ingress: a ticket
 /// issued under one policy never resumes under another.
 pub fn policy_digest(loaded: &IngressSource, trust: &TrustStore) -> [u8; 32] {
@@ -67,12 +101,13 @@ pub fn policy_digest(loaded: &IngressSource, trust: &TrustStore) -> [u8; 32] {
     let policy = &ingress.transport_security;
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     let facts = format!(
-        "{}|{:?}|{}|{:?}|{:?}",
+        "{}|{:?}|{}|{:?}|{:?}|{:?}",
         ingress.hostname.to_ascii_lowercase(),
         policy.mode,
         policy.require_crl_check,
         policy.revocation_scope,
-        policy.expired_crl
+        policy.expired_crl,
+        policy.ocsp.as_ref().map(|ocsp| ocsp.policy),
     );
     context.update(facts.as_bytes());
     for cert in &trust.certificates {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -1179,4 +1180,265 @@ pub fn paths(backend: &EchoBackend) -> Vec<String> {
 /// How many times `needle` appears in the gateway's log.
 pub fn log_count(gateway: &Gateway, needle: &str) -> usize {
     gateway.log_text().matches(needle).count()
+}
+
+// --- OCSP -------------------------------------------------------------------------------
+
+/// What an OCSP responder says about a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OcspStatus {
+    Good,
+    Revoked,
+}
+
+/// Who signs an OCSP responder's answers.
+#[derive(Debug, Clone, Copy)]
+pub enum OcspSigner<'a> {
+    /// The CA that issued the certificates asked about, with its own key.
+    Issuer,
+    /// Another certificate, with its key: a delegate when the CA issued it with the
+    /// OCSPSigning purpose, a signer the CA never authorized otherwise. OpenSSL puts it
+    /// in each response.
+    Delegate(&'a IssuedCert),
+}
+
+/// `openssl ocsp` answering for the certificates one CA issued, from an OpenSSL CA index
+/// file that the test rewrites. Answers carry a nextUpdate an hour on, and echo the
+/// request's nonce when it has one. Killed when dropped.
+///
+/// Two habits of OpenSSL 3.0's responder shape this fixture. It looks for a changed
+/// index only before it waits for a connection, so the first request after a change is
+/// answered from the old one: [`Self::set_status`] therefore asks itself until the new
+/// status comes back. And a connection closed without a request makes it spin without
+/// answering again: so its port is never probed with a bare connect.
+pub struct OcspResponder {
+    child: Child,
+    port: u16,
+    /// Where its files go, as a path prefix: `ocsp-PORT`.
+    prefix: PathBuf,
+    /// What it prints: each request received, and with `-text` each request and answer.
+    pub log: PathBuf,
+    /// The index lines, by serial number.
+    index: Mutex<BTreeMap<String, String>>,
+    /// The requests this fixture made itself, left out of [`Self::queries`].
+    own_requests: AtomicUsize,
+}
+
+impl OcspResponder {
+    /// Starts a responder in `dir` for certificates `ca` issued, signing as `signer`, that
+    /// knows `good` as good (and any other certificate as unknown).
+    pub fn start(dir: &Path, ca: &Authority, signer: OcspSigner, good: &[&IssuedCert]) -> Self {
+        for _ in 0..5 {
+            let port = free_port();
+            let prefix = dir.join(format!("ocsp-{port}"));
+            let index = good
+                .iter()
+                .map(|cert| (cert.serial_hex(), index_line(cert, OcspStatus::Good)))
+                .collect();
+            write_ocsp_files(&prefix, ca, signer);
+            write_index(&prefix, &index);
+            if let Some(child) = spawn_ocsp_responder(&prefix, port) {
+                return Self {
+                    child,
+                    port,
+                    log: with_suffix(&prefix, ".log"),
+                    prefix,
+                    index: Mutex::new(index),
+                    own_requests: AtomicUsize::new(0),
+                };
+            }
+        }
+        panic!("the OCSP responder did not start on any of five ports")
+    }
+
+    /// Where to ask: `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Makes the index say `status` for `cert`, and waits until the responder answers so.
+    pub fn set_status(&self, cert: &IssuedCert, status: OcspStatus) {
+        let mut index = self.index.lock().unwrap();
+        index.insert(cert.serial_hex(), index_line(cert, status));
+        write_index(&self.prefix, &index);
+        drop(index);
+
+        let wanted = match status {
+            OcspStatus::Good => ": good",
+            OcspStatus::Revoked => ": revoked",
+        };
+        for _ in 0..10 {
+            if self.ask(cert, &["-noverify"]).contains(wanted) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the responder never answered{wanted}:\n{}", self.log_text());
+    }
+
+    /// Asks about `cert` with the OpenSSL client, verifying the answer against
+    /// `trust_anchor`: its report, with the response as text.
+    pub fn ask_verified(&self, cert: &IssuedCert, trust_anchor: &Path) -> String {
+        let anchor = trust_anchor.display().to_string();
+        self.ask(cert, &["-CAfile", &anchor, "-resp_text"])
+    }
+
+    /// How many requests others (the gateway) sent it.
+    pub fn queries(&self) -> usize {
+        let received = self
+            .log_text()
+            .matches("Received request, 1st line")
+            .count();
+        received.saturating_sub(self.own_requests.load(Ordering::SeqCst))
+    }
+
+    /// Kills it: its port refuses connections from now on.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs `openssl ocsp` as a client asking about `cert`, with `extra` arguments: all it
+    /// printed, which names the certificate's file followed by its status.
+    fn ask(&self, cert: &IssuedCert, extra: &[&str]) -> String {
+        let cert_file = with_suffix(&self.prefix, &format!("-asked-{}.pem", cert.serial_hex()));
+        std::fs::write(&cert_file, &cert.cert_pem).expect("write the asked certificate");
+        self.own_requests.fetch_add(1, Ordering::SeqCst);
+        let output = Command::new("openssl")
+            .args(["ocsp", "-timeout", "5", "-url", &self.url(), "-issuer"])
+            .arg(with_suffix(&self.prefix, "-ca.pem"))
+            .arg("-cert")
+            .arg(&cert_file)
+            .args(extra)
+            .output()
+            .expect("openssl is installed");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr)
+    }
+}
+
+impl Drop for OcspResponder {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `prefix` with `suffix` appended to its last component.
+fn with_suffix(prefix: &Path, suffix: &str) -> PathBuf {
+    let mut path = prefix.as_os_str().to_owned();
+    path.push(suffix);
+    PathBuf::from(path)
+}
+
+/// The issuing CA's certificate, and the signer's certificate and key.
+fn write_ocsp_files(prefix: &Path, ca: &Authority, signer: OcspSigner) {
+    let (signer_pem, signer_key) = match signer {
+        OcspSigner::Issuer => (ca.cert_pem.clone(), ca.key_pem()),
+        OcspSigner::Delegate(cert) => (cert.cert_pem.clone(), cert.key_pem.clone()),
+    };
+    let write = |suffix: &str, contents: &str| {
+        std::fs::write(with_suffix(prefix, suffix), contents).expect("write OCSP file")
+    };
+    write("-ca.pem", &ca.cert_pem);
+    write("-signer.pem", &signer_pem);
+    write("-signer.key", &signer_key);
+}
+
+/// Writes the index file in one rename, so that the responder sees a new file, with the
+/// attribute file OpenSSL reads beside it.
+fn write_index(prefix: &Path, lines: &BTreeMap<String, String>) {
+    let attributes = with_suffix(prefix, "-index.txt.attr");
+    std::fs::write(attributes, "unique_subject = no\n").expect("write OCSP index attributes");
+    let staged = with_suffix(prefix, "-index.txt.new");
+    let text: String = lines.values().map(|line| format!("{line}\n")).collect();
+    std::fs::write(&staged, text).expect("write OCSP index");
+    std::fs::rename(&staged, with_suffix(prefix, "-index.txt")).expect("replace OCSP index");
+}
+
+/// One line of an OpenSSL CA index: status, expiry, revocation time (empty unless
+/// revoked), serial, file name (`unknown`), subject; separated by tabs.
+fn index_line(cert: &IssuedCert, status: OcspStatus) -> String {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(&cert.der).expect("certificate");
+    let expiry = index_time(parsed.validity().not_after.to_datetime());
+    let subject = index_subject(parsed.subject());
+    let an_hour_ago = OffsetDateTime::now_utc() - Span::hours(1);
+    let (flag, revoked_at) = match status {
+        OcspStatus::Good => ("V", String::new()),
+        OcspStatus::Revoked => ("R", index_time(an_hour_ago)),
+    };
+    let serial = cert.serial_hex();
+    format!("{flag}\t{expiry}\t{revoked_at}\t{serial}\tunknown\t{subject}")
+}
+
+/// A name as OpenSSL's index writes it: `/O=srrrs dev PKI/CN=device-good`.
+fn index_subject(name: &x509_parser::x509::X509Name) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    name.iter_attributes()
+        .map(|attribute| {
+            let short = x509_parser::objects::oid2abbrev(attribute.attr_type(), registry)
+                .unwrap_or("UNDEF");
+            format!("/{short}={}", attribute.as_str().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// `YYMMDDHHMMSSZ`, in UTC.
+fn index_time(moment: OffsetDateTime) -> String {
+    let utc = moment.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+        utc.year() % 100,
+        u8::from(utc.month()),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second()
+    )
+}
+
+/// Starts `openssl ocsp` on `port` with the files under `prefix`, and waits until it
+/// listens; `None` if it exited (the port was taken, say).
+fn spawn_ocsp_responder(prefix: &Path, port: u16) -> Option<Child> {
+    let log_path = with_suffix(prefix, ".log");
+    let log = std::fs::File::create(&log_path).expect("OCSP log file");
+    let errors = log.try_clone().expect("OCSP log file");
+    // stdbuf: `-text` goes to stdout, which is a file here and would be held back in a
+    // buffer; line by line it stays in step with the requests logged on stderr.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "openssl", "ocsp", "-index"])
+        .arg(with_suffix(prefix, "-index.txt"))
+        .args(["-port", &port.to_string(), "-rsigner"])
+        .arg(with_suffix(prefix, "-signer.pem"))
+        .arg("-rkey")
+        .arg(with_suffix(prefix, "-signer.key"))
+        .arg("-CA")
+        .arg(with_suffix(prefix, "-ca.pem"))
+        .args(["-ignore_err", "-text", "-nmin", "60"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(errors)
+        .spawn()
+        .expect("openssl and stdbuf are installed");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("waiting for OCSP client connections") {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!(
+        "the OCSP responder did not start:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    )
 }

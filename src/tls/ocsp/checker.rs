@@ -1,0 +1,373 @@
+//! The OCSP answers about client certificates, shared by every worker: one cache keyed by
+//! issuer key and serial, filled by query threads, never by a worker. A handshake that
+//! may wait (see `allow_waiting`) waits for a missing answer up to the timeout; any other
+//! caller (a resumed session's re-check, the live-connection sweep) only starts the
+//! query. Answers in use are asked for again before they lapse, so that a revocation
+//! reaches live connections.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tracing::{debug, warn};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_OCSP;
+use x509_parser::prelude::X509Certificate;
+
+use super::protocol::{self, CertState, CertSubject};
+use crate::config::{OcspConfig, OcspPolicy};
+use crate::fetch::Fetcher;
+use crate::tls::trust::unix_now;
+
+/// The most answers kept; past this, expired ones are dropped and new ones not kept.
+const MAX_ANSWERS: usize = 100_000;
+
+/// The most queries in flight at once; past this, a certificate has no answer.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// The largest response accepted.
+const MAX_RESPONSE: u64 = 64 * 1024;
+
+thread_local! {
+    static MAY_WAIT: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `step` with permission to wait for OCSP answers on this thread: only a thread that
+/// serves nothing else (the handshake pool) may.
+pub fn allow_waiting<R>(step: impl FnOnce() -> R) -> R {
+    let before = MAY_WAIT.with(|may| may.replace(true));
+    let result = step();
+    MAY_WAIT.with(|may| may.set(before));
+    result
+}
+
+/// What the policy makes of a certificate's OCSP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not revoked, as known until this time (seconds since the Unix epoch).
+    Good { until: i64 },
+    /// Revoked.
+    Revoked,
+    /// No valid answer, for this reason.
+    NoAnswer(String),
+}
+
+/// The OCSP state of one ingress.
+pub struct OcspChecker {
+    policy: OcspPolicy,
+    timeout: Duration,
+    max_age: i64,
+    retry: Duration,
+    /// Responders by issuer: the issuer's SubjectPublicKeyInfo, DER, and the URL.
+    overrides: Vec<(Vec<u8>, String)>,
+    fetcher: Fetcher,
+    answers: DashMap<[u8; 32], Cached>,
+    in_flight: Mutex<HashMap<[u8; 32], Query>>,
+    arrived: Condvar,
+    /// Responders that failed: until when they are not asked, and why.
+    down: Mutex<HashMap<String, (Instant, String)>>,
+    revoked_in_use: AtomicBool,
+    sent: AtomicU64,
+    no_answer: AtomicU64,
+    soft_admissions: AtomicU64,
+}
+
+struct Cached {
+    state: CertState,
+    fetched: i64,
+    good_until: i64,
+    last_used: AtomicI64,
+    query: Query,
+}
+
+#[derive(Clone)]
+struct Query {
+    subject: CertSubject,
+    url: String,
+}
+
+impl std::fmt::Debug for OcspChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OcspChecker")
+            .field("policy", &self.policy)
+            .field("answers", &self.answers.len())
+            .finish()
+    }
+}
+
+impl OcspChecker {
+    /// A checker for `config`; `overrides` pairs an issuer's SubjectPublicKeyInfo (DER)
+    /// with the responder to ask about its certificates.
+    pub fn new(config: &OcspConfig, overrides: Vec<(Vec<u8>, String)>) -> Self {
+        Self {
+            policy: config.policy,
+            timeout: config.timeout,
+            max_age: config.max_age.as_secs().max(1) as i64,
+            retry: config.retry_interval,
+            overrides,
+            fetcher: Fetcher {
+                roots: Vec::new(),
+                timeout: config.timeout.max(Duration::from_secs(1)),
+                max_body: MAX_RESPONSE,
+                https_only: false,
+            },
+            answers: DashMap::new(),
+            in_flight: Mutex::new(HashMap::new()),
+            arrived: Condvar::new(),
+            down: Mutex::new(HashMap::new()),
+            revoked_in_use: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            no_answer: AtomicU64::new(0),
+            soft_admissions: AtomicU64::new(0),
+        }
+    }
+
+    /// The policy for certificates without an answer.
+    pub fn policy(&self) -> OcspPolicy {
+        self.policy
+    }
+
+    /// How long a soft-fail admission stands before the certificate is asked about again.
+    pub fn retry_interval(&self) -> Duration {
+        self.retry
+    }
+
+    /// The status of `cert`, issued by `issuer`, at `now`: from the cache, or asked for
+    /// (and, where this thread may wait, waited for).
+    pub fn status(
+        self: &Arc<Self>,
+        cert: &X509Certificate<'_>,
+        issuer: &X509Certificate<'_>,
+        now: i64,
+    ) -> Verdict {
+        let Some(subject) = CertSubject::new(cert, issuer) else {
+            return Verdict::NoAnswer("the serial is too long for OCSP".into());
+        };
+        if let Some(verdict) = self.cached(&subject.key, now) {
+            return verdict;
+        }
+        let Some(url) = self.responder_for(cert, issuer) else {
+            return Verdict::NoAnswer("no responder: no AIA OCSP URL and no override".into());
+        };
+        if let Some(error) = self.failure_of(&url) {
+            return Verdict::NoAnswer(error);
+        }
+        let key = subject.key;
+        self.ask(Query {
+            subject,
+            url: url.clone(),
+        });
+        if !MAY_WAIT.with(Cell::get) {
+            return Verdict::NoAnswer("the answer is still on its way".into());
+        }
+        self.wait_for(&key);
+        self.cached(&key, unix_now()).unwrap_or_else(|| {
+            let failure = self.failure_of(&url);
+            Verdict::NoAnswer(failure.unwrap_or_else(|| "no answer within the timeout".into()))
+        })
+    }
+
+    /// Counts a certificate admitted without an answer.
+    pub fn note_soft_admission(&self) {
+        self.soft_admissions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Asks again about the answers in use that are three quarters through their life,
+    /// and forgets the lapsed ones. Returns whether a certificate with a good answer has
+    /// since been found revoked (once per finding).
+    pub fn refresh(self: &Arc<Self>, now: i64) -> bool {
+        let mut due = Vec::new();
+        self.answers.retain(|_, cached| {
+            let used = cached.last_used.load(Ordering::Relaxed) >= now - self.max_age;
+            let lifetime = cached.good_until - cached.fetched;
+            if used
+                && cached.state != CertState::Revoked
+                && now >= cached.fetched + lifetime * 3 / 4
+            {
+                due.push(cached.query.clone());
+            }
+            cached.good_until > now || used
+        });
+        for query in due {
+            if self.failure_of(&query.url).is_none() {
+                self.ask(query);
+            }
+        }
+        self.revoked_in_use.swap(false, Ordering::Relaxed)
+    }
+
+    /// Queries sent, queries that ended without a valid answer, and certificates admitted
+    /// without one, for `/metrics`.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        (
+            self.sent.load(Ordering::Relaxed),
+            self.no_answer.load(Ordering::Relaxed),
+            self.soft_admissions.load(Ordering::Relaxed),
+        )
+    }
+
+    /// How many answers are cached.
+    pub fn len(&self) -> usize {
+        self.answers.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.answers.is_empty()
+    }
+
+    fn cached(&self, key: &[u8; 32], now: i64) -> Option<Verdict> {
+        let cached = self.answers.get(key)?;
+        if cached.good_until <= now {
+            return None;
+        }
+        cached.last_used.store(now, Ordering::Relaxed);
+        Some(match cached.state {
+            CertState::Good => Verdict::Good {
+                until: cached.good_until,
+            },
+            CertState::Revoked => Verdict::Revoked,
+            CertState::Unknown => {
+                Verdict::NoAnswer("the responder does not know the certificate".into())
+            }
+        })
+    }
+
+    /// The configured responder for the issuer, else the certificate's AIA OCSP URL.
+    fn responder_for(
+        &self,
+        cert: &X509Certificate<'_>,
+        issuer: &X509Certificate<'_>,
+    ) -> Option<String> {
+        let issuer_key = issuer.public_key().raw;
+        if let Some((_, url)) = self.overrides.iter().find(|(key, _)| key == issuer_key) {
+            return Some(url.clone());
+        }
+        aia_ocsp_url(cert)
+    }
+
+    /// Why `url` is not to be asked now, if it failed within the retry interval.
+    fn failure_of(&self, url: &str) -> Option<String> {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let (until, error) = down.get(url)?;
+        (Instant::now() < *until).then(|| error.clone())
+    }
+
+    /// Starts a query unless one for the same certificate is in flight.
+    fn ask(self: &Arc<Self>, query: Query) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if in_flight.contains_key(&query.subject.key) || in_flight.len() >= MAX_IN_FLIGHT {
+            return;
+        }
+        in_flight.insert(query.subject.key, query.clone());
+        drop(in_flight);
+        let checker = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("srrrs-ocsp".into())
+            .spawn(move || checker.run(query));
+        if let Err(error) = spawned {
+            warn!(%error, "could not start an OCSP query");
+        }
+    }
+
+    fn wait_for(&self, key: &[u8; 32]) {
+        let deadline = Instant::now() + self.timeout;
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        while in_flight.contains_key(key) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            in_flight = match self.arrived.wait_timeout(in_flight, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// One query, on its own thread: sent, read, checked, cached.
+    fn run(&self, query: Query) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        match self.exchange(&query) {
+            Ok(answer) => self.keep(query.clone(), answer),
+            Err(error) => {
+                self.no_answer.fetch_add(1, Ordering::Relaxed);
+                warn!(url = %query.url, %error, "OCSP: no valid answer");
+                let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+                down.insert(query.url.clone(), (Instant::now() + self.retry, error));
+            }
+        }
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight.remove(&query.subject.key);
+        self.arrived.notify_all();
+    }
+
+    fn exchange(&self, query: &Query) -> Result<protocol::Answer, String> {
+        let mut nonce = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness for a nonce")?;
+        let request = query.subject.request(&nonce)?;
+        let document = self.fetcher.post(
+            &query.url,
+            "application/ocsp-request",
+            &request,
+            "application/ocsp-response",
+        )?;
+        protocol::read_response(&document.body, &query.subject, Some(&nonce), unix_now())
+            .map_err(|error| format!("{}: {error}", query.url))
+    }
+
+    fn keep(&self, query: Query, answer: protocol::Answer) {
+        let now = unix_now();
+        let until = answer.next_update.unwrap_or(now + self.max_age);
+        let good_until = until.min(now + self.max_age);
+        if answer.state == CertState::Unknown {
+            self.no_answer.fetch_add(1, Ordering::Relaxed);
+        }
+        debug!(url = %query.url, state = ?answer.state, good_until, "OCSP answer");
+        if self.answers.len() >= MAX_ANSWERS {
+            self.answers.retain(|_, cached| cached.good_until > now);
+            if self.answers.len() >= MAX_ANSWERS {
+                return;
+            }
+        }
+        let key = query.subject.key;
+        let cached = Cached {
+            state: answer.state,
+            fetched: now,
+            good_until,
+            last_used: AtomicI64::new(now),
+            query,
+        };
+        let previous = self.answers.insert(key, cached);
+        if answer.state == CertState::Revoked
+            && previous.is_some_and(|previous| previous.state != CertState::Revoked)
+        {
+            self.revoked_in_use.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The first http(s) OCSP URL in the certificate's Authority Information Access.
+pub fn aia_ocsp_url(cert: &X509Certificate<'_>) -> Option<String> {
+    cert.extensions().iter().find_map(|extension| {
+        let ParsedExtension::AuthorityInfoAccess(access) = extension.parsed_extension() else {
+            return None;
+        };
+        access.accessdescs.iter().find_map(|description| {
+            if description.access_method != OID_PKIX_ACCESS_DESCRIPTOR_OCSP {
+                return None;
+            }
+            match &description.access_location {
+                GeneralName::URI(uri)
+                    if uri.starts_with("http://") || uri.starts_with("https://") =>
+                {
+                    Some((*uri).to_owned())
+                }
+                _ => None,
+            }
+        })
+    })
+}

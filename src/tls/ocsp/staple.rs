@@ -1,0 +1,111 @@
+//! The server certificate's own OCSP response, for stapling (RFC 6066 §8): asked of the
+//! certificate's responder by the reload thread, checked like any answer, and kept only
+//! while it is current and says `good`. When and where it is stapled is the server
+//! certificate's business (`tls::server`).
+
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use super::checker::aia_ocsp_url;
+use super::protocol::{self, CertState, CertSubject};
+use crate::fetch::Fetcher;
+
+/// The longest a response without a nextUpdate is stapled.
+const WITHOUT_NEXT_UPDATE: i64 = 3600;
+
+/// A response to staple.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staple {
+    /// The certificate it is about.
+    pub leaf: CertificateDer<'static>,
+    /// The OCSPResponse, DER, as the responder sent it.
+    pub response: Vec<u8>,
+    /// When it was fetched, seconds since the Unix epoch.
+    pub fetched: i64,
+    /// When it stops being current.
+    pub good_until: i64,
+}
+
+impl Staple {
+    /// Whether it may still be stapled at `now` for `leaf`.
+    pub fn serves(&self, leaf: &CertificateDer<'_>, now: i64) -> bool {
+        self.leaf.as_ref() == leaf.as_ref() && now < self.good_until
+    }
+
+    /// Whether a new one should be fetched: halfway through its life.
+    pub fn is_due(&self, now: i64) -> bool {
+        now >= self.fetched + (self.good_until - self.fetched) / 2
+    }
+}
+
+/// The fetcher for staples: a responder is expected to answer within a few seconds.
+pub fn staple_fetcher() -> Fetcher {
+    Fetcher {
+        roots: Vec::new(),
+        timeout: Duration::from_secs(5),
+        max_body: 64 * 1024,
+        https_only: false,
+    }
+}
+
+/// Whether a response can be asked for about the first certificate of `chain`: the issuer
+/// follows it, and a responder is named (by the config, `configured`, or the leaf's AIA).
+pub fn can_staple(chain: &[CertificateDer<'_>], configured: bool) -> bool {
+    let [leaf, _issuer, ..] = chain else {
+        return false;
+    };
+    configured
+        || X509Certificate::from_der(leaf.as_ref())
+            .is_ok_and(|(_, cert)| aia_ocsp_url(&cert).is_some())
+}
+
+/// Fetches and checks a response for the first certificate of `chain`, issued by the
+/// second, from `responder` or else the certificate's AIA OCSP URL.
+pub fn fetch(
+    chain: &[CertificateDer<'_>],
+    responder: Option<&str>,
+    fetcher: &Fetcher,
+    now: i64,
+) -> Result<Staple, String> {
+    let [leaf, issuer, ..] = chain else {
+        return Err("cert_chain holds no issuer certificate after the leaf".into());
+    };
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let (_, parsed_issuer) =
+        X509Certificate::from_der(issuer.as_ref()).map_err(|e| e.to_string())?;
+    let subject = CertSubject::new(&cert, &parsed_issuer).ok_or("the serial is too long")?;
+    let url = responder
+        .map(str::to_owned)
+        .or_else(|| aia_ocsp_url(&cert))
+        .ok_or("no responder: no AIA OCSP URL and no ocsp_responder")?;
+    let mut nonce = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness for a nonce")?;
+    let request = subject.request(&nonce)?;
+    let document = fetcher.post(
+        &url,
+        "application/ocsp-request",
+        &request,
+        "application/ocsp-response",
+    )?;
+    let answer = protocol::read_response(&document.body, &subject, Some(&nonce), now)?;
+    if answer.state != CertState::Good {
+        return Err(format!(
+            "{url} says the server certificate is {:?}",
+            answer.state
+        ));
+    }
+    let good_until = answer
+        .next_update
+        .unwrap_or(answer.this_update + WITHOUT_NEXT_UPDATE);
+    if good_until <= now {
+        return Err(format!("{url} answered with a response no longer current"));
+    }
+    Ok(Staple {
+        leaf: leaf.clone().into_owned(),
+        response: document.body,
+        fetched: now,
+        good_until,
+    })
+}

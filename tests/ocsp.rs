@@ -1,0 +1,523 @@
+//! OCSP (RFC 6960) against the real binary, with `openssl ocsp` as the responder: client
+//! certificates checked under hard-fail and soft-fail, signers the CA did and did not
+//! delegate to, answers cached and refreshed, revocation that reaches live connections and
+//! tickets, responders configured per CA, and the server certificate's stapled answer.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::{AlertDescription, HandshakeKind};
+use srrrs_edge::demo::echo::EchoBackend;
+use srrrs_edge::demo::pki::{CertRequest, IssuedCert};
+
+const SOFT_FAIL_ADMISSIONS: &str = "srrrs_ocsp_soft_fail_admissions_total{ingress=\"localhost\"}";
+const NO_ANSWER: &str = "srrrs_ocsp_no_answer_total{ingress=\"localhost\"}";
+const STAPLE: &str = "srrrs_ocsp_staple{ingress=\"localhost\"}";
+
+const HARD_FAIL: &str = "policy: hard-fail";
+const SOFT_FAIL: &str = "policy: soft-fail";
+
+on_both_drivers!(a_revocation_learned_later_closes_live_connections_and_blocks_resumption);
+
+// --- The fixture ------------------------------------------------------------------------
+
+#[test]
+fn the_fixture_responder_answers_as_its_index_says() {
+    let pki = TestPki::new();
+    let responder = device_responder(&pki, OcspSigner::Issuer);
+    let cert = device(&pki, "device-fixture", &responder.url());
+    let stranger = device(&pki, "device-stranger", &responder.url());
+    let anchor = pki.path("device-root.pem");
+
+    responder.set_status(&cert, OcspStatus::Good);
+    let good = responder.ask_verified(&cert, &anchor);
+    assert!(good.contains("Response verify OK"), "{good}");
+    assert!(good.contains(": good"), "{good}");
+    assert!(good.contains("Next Update:"), "{good}");
+
+    responder.set_status(&cert, OcspStatus::Revoked);
+    let revoked = responder.ask_verified(&cert, &anchor);
+    assert!(revoked.contains(": revoked"), "{revoked}");
+    let unknown = responder.ask_verified(&stranger, &anchor);
+    assert!(unknown.contains(": unknown"), "{unknown}");
+    assert_eq!(responder.queries(), 0, "its own requests are not counted");
+}
+
+#[test]
+fn the_fixture_responder_signs_as_told_and_openssl_refuses_signers_never_delegated() {
+    let pki = TestPki::new();
+    let anchor = pki.path("device-root.pem");
+    let delegate = pki
+        .device_ca
+        .issue(&CertRequest::ocsp_responder("device OCSP"));
+    let foreign = pki
+        .other_root
+        .issue(&CertRequest::ocsp_responder("foreign OCSP"));
+    let no_purpose = pki.device_ca.issue(&CertRequest::client("not a responder"));
+    let signers = [
+        (OcspSigner::Issuer, true),
+        (OcspSigner::Delegate(&delegate), true),
+        (OcspSigner::Delegate(&foreign), false),
+        (OcspSigner::Delegate(&no_purpose), false),
+    ];
+    for (signer, trusted) in signers {
+        let responder = device_responder(&pki, signer);
+        let cert = device(&pki, "device-fixture", &responder.url());
+        responder.set_status(&cert, OcspStatus::Good);
+        let answer = responder.ask_verified(&cert, &anchor);
+        assert!(answer.contains(": good"), "{signer:?}: {answer}");
+        assert_eq!(
+            answer.contains("Response verify OK"),
+            trusted,
+            "{signer:?}: {answer}"
+        );
+    }
+}
+
+// --- Client certificates ----------------------------------------------------------------
+
+#[test]
+fn a_good_certificate_is_admitted_and_its_answer_serves_the_next_full_handshake() {
+    let pki = TestPki::new();
+    let responder = device_responder(&pki, OcspSigner::Issuer);
+    let cert = good_device(&pki, &responder, "device-good-ocsp");
+    let (backend, gateway) = start_checking(&pki, &[HARD_FAIL], without_resumption);
+
+    let client = Client::new(&pki, Some(&cert));
+    assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    assert_eq!(responder.queries(), 1, "{}", responder.log_text());
+    assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    assert_eq!(
+        responder.queries(),
+        1,
+        "the second full handshake used the cached answer"
+    );
+    assert_eq!(paths(&backend), ["/", "/"]);
+}
+
+#[test]
+fn a_certificate_revoked_at_the_responder_is_refused_with_certificate_revoked() {
+    let pki = TestPki::new();
+    let responder = device_responder(&pki, OcspSigner::Issuer);
+    for policy in [HARD_FAIL, SOFT_FAIL] {
+        let cert = device(&pki, "device-revoked-ocsp", &responder.url());
+        responder.set_status(&cert, OcspStatus::Revoked);
+        let (backend, gateway) = start_checking(&pki, &[policy], |c| c);
+
+        let attempt = Client::new(&pki, Some(&cert)).get(gateway.addr, "/");
+        assert_eq!(
+            alert_of(attempt),
+            AlertDescription::CertificateRevoked,
+            "{policy}"
+        );
+        let (chain, key) = pki.client_files("revoked-ocsp", &cert);
+        let url = format!("https://localhost:{}/", gateway.addr.port());
+        let resolve = format!("localhost:{}:127.0.0.1", gateway.addr.port());
+        let curl = curl_mtls(&pki, Some((&chain, &key)), &url, &["--resolve", &resolve]);
+        let stderr = String::from_utf8_lossy(&curl.stderr);
+        assert!(stderr.contains("certificate revoked"), "{policy}: {stderr}");
+        assert!(paths(&backend).is_empty(), "{policy}");
+    }
+}
+
+#[test]
+fn with_its_responder_down_hard_fail_refuses_a_certificate_with_unknown_ca() {
+    let pki = TestPki::new();
+    let cert = device(&pki, "device-unanswered", &unreachable_url());
+    let (backend, gateway) = start_checking(&pki, &[HARD_FAIL], |c| c);
+
+    let attempt = Client::new(&pki, Some(&cert)).get(gateway.addr, "/");
+    assert_eq!(alert_of(attempt), AlertDescription::UnknownCA);
+    assert!(paths(&backend).is_empty());
+}
+
+#[test]
+fn with_its_responder_down_soft_fail_admits_a_certificate_and_counts_and_warns() {
+    let pki = TestPki::new();
+    let cert = device(&pki, "device-unanswered", &unreachable_url());
+    let (backend, gateway) = start_checking(&pki, &[SOFT_FAIL], |c| c);
+    let before = metric_or_zero(&gateway, SOFT_FAIL_ADMISSIONS);
+
+    let response = Client::new(&pki, Some(&cert))
+        .get(gateway.addr, "/soft")
+        .expect("admitted");
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert_eq!(paths(&backend), ["/soft"]);
+    assert!(metric_or_zero(&gateway, SOFT_FAIL_ADMISSIONS) >= before + 1.0);
+    assert!(
+        warned(&gateway, "soft-fail"),
+        "no soft-fail warning:\n{}",
+        gateway.log_text()
+    );
+}
+
+#[test]
+fn under_hard_fail_an_answer_from_a_signer_never_delegated_is_no_answer() {
+    let pki = TestPki::new();
+    let signers = undelegated_signers(&pki);
+    let (responders, certs) = good_devices_behind(&pki, &signers);
+    let (backend, gateway) = start_checking(&pki, &[HARD_FAIL], |c| c);
+
+    for (cert, responder) in certs.iter().zip(&responders) {
+        let attempt = Client::new(&pki, Some(cert)).get(gateway.addr, "/");
+        assert_eq!(alert_of(attempt), AlertDescription::UnknownCA);
+        assert!(responder.queries() >= 1, "the responder was asked");
+    }
+    assert!(metric_or_zero(&gateway, NO_ANSWER) >= 2.0);
+    assert!(paths(&backend).is_empty());
+}
+
+#[test]
+fn under_soft_fail_an_answer_from_a_signer_never_delegated_is_admitted_and_counted() {
+    let pki = TestPki::new();
+    let signers = undelegated_signers(&pki);
+    let (responders, certs) = good_devices_behind(&pki, &signers);
+    let (backend, gateway) = start_checking(&pki, &[SOFT_FAIL], |c| c);
+
+    for (cert, responder) in certs.iter().zip(&responders) {
+        let response = Client::new(&pki, Some(cert))
+            .get(gateway.addr, "/soft")
+            .expect("admitted");
+        assert_eq!(status_of(&response), 200, "{response}");
+        assert!(responder.queries() >= 1, "the responder was asked");
+    }
+    assert!(metric_or_zero(&gateway, NO_ANSWER) >= 2.0);
+    assert!(metric_or_zero(&gateway, SOFT_FAIL_ADMISSIONS) >= 2.0);
+    assert_eq!(paths(&backend), ["/soft", "/soft"]);
+}
+
+#[test]
+fn answers_signed_by_a_delegated_responder_or_by_the_ca_itself_are_trusted() {
+    let pki = TestPki::new();
+    let delegate = pki
+        .device_ca
+        .issue(&CertRequest::ocsp_responder("device OCSP"));
+    let delegated = device_responder(&pki, OcspSigner::Delegate(&delegate));
+    let by_the_ca = device_responder(&pki, OcspSigner::Issuer);
+    let (backend, gateway) = start_checking(&pki, &[HARD_FAIL], |c| c);
+
+    for responder in [&delegated, &by_the_ca] {
+        let good = good_device(&pki, responder, "device-good-ocsp");
+        let revoked = device(&pki, "device-revoked-ocsp", &responder.url());
+        responder.set_status(&revoked, OcspStatus::Revoked);
+
+        let client = Client::new(&pki, Some(&good));
+        assert!(admitted(&client, &gateway).is_some());
+        let attempt = Client::new(&pki, Some(&revoked)).get(gateway.addr, "/");
+        assert_eq!(alert_of(attempt), AlertDescription::CertificateRevoked);
+    }
+    assert_eq!(paths(&backend), ["/", "/"]);
+}
+
+fn a_revocation_learned_later_closes_live_connections_and_blocks_resumption(driver: Driver) {
+    let pki = TestPki::new();
+    let responder = device_responder(&pki, OcspSigner::Issuer);
+    let cert = good_device(&pki, &responder, "device-victim");
+    let settings = [HARD_FAIL, "max_age: 2s"];
+    let (backend, gateway) = start_checking_on(&pki, driver, &settings, |c| c);
+
+    let client = Client::new(&pki, Some(&cert));
+    assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    let mut live = client.connect(gateway.addr).expect("handshake");
+    assert_eq!(live.conn.handshake_kind(), Some(HandshakeKind::Resumed));
+    send_request(&mut live, "/live", &[]).expect("send");
+    let first = read_one_response(&mut live);
+    assert_eq!(status_of(&first), 200, "{first}");
+
+    let queries = responder.queries();
+    responder.set_status(&cert, OcspStatus::Revoked);
+    let closed = wait_for_close(&mut live, Duration::from_secs(15));
+    assert!(closed <= Duration::from_secs(10), "closed after {closed:?}");
+    assert!(
+        responder.queries() > queries,
+        "the answer in use was asked again"
+    );
+
+    // The client still holds tickets from both connections: it offers one.
+    let resumed = client.get(gateway.addr, "/resumed");
+    assert_eq!(alert_of(resumed), AlertDescription::CertificateRevoked);
+    let fresh = Client::new(&pki, Some(&cert)).get(gateway.addr, "/fresh");
+    assert_eq!(alert_of(fresh), AlertDescription::CertificateRevoked);
+    assert_eq!(paths(&backend), ["/", "/live"]);
+}
+
+#[test]
+fn a_certificate_is_checked_with_the_responder_configured_for_its_issuer() {
+    let pki = TestPki::new();
+    let responder = device_responder(&pki, OcspSigner::Issuer);
+    pki.write("device-ca.pem", &pki.device_ca.cert_pem);
+    // No AIA extension, or one that names a responder nobody runs.
+    let without_aia = pki.device_ca.issue(&CertRequest::client("device-no-aia"));
+    let misdirected = device(&pki, "device-misdirected", &unreachable_url());
+    let revoked = pki
+        .device_ca
+        .issue(&CertRequest::client("device-no-aia-revoked"));
+    responder.set_status(&without_aia, OcspStatus::Good);
+    responder.set_status(&misdirected, OcspStatus::Good);
+    responder.set_status(&revoked, OcspStatus::Revoked);
+    let override_line = format!(
+        "responders: [{{issuer: device-ca.pem, url: \"{}\"}}]",
+        responder.url()
+    );
+    let settings = [HARD_FAIL, override_line.as_str()];
+    let (backend, gateway) = start_checking(&pki, &settings, |c| c);
+
+    for cert in [&without_aia, &misdirected] {
+        assert!(admitted(&Client::new(&pki, Some(cert)), &gateway).is_some());
+    }
+    let attempt = Client::new(&pki, Some(&revoked)).get(gateway.addr, "/");
+    assert_eq!(alert_of(attempt), AlertDescription::CertificateRevoked);
+    assert_eq!(responder.queries(), 3, "{}", responder.log_text());
+    assert_eq!(paths(&backend), ["/", "/"]);
+}
+
+// --- Stapling ---------------------------------------------------------------------------
+
+#[test]
+fn the_server_certificate_is_stapled_with_a_good_answer_from_its_aia_responder() {
+    let pki = TestPki::new();
+    let responder = server_responder(&pki);
+    stapled_server(&pki, &responder.url(), &responder);
+    let (_backend, gateway) = start_stapling(&pki, None);
+
+    let stapled = eventually(Duration::from_secs(10), || {
+        metric_or_zero(&gateway, STAPLE) == 1.0
+    });
+    assert!(stapled, "no staple:\n{}", gateway.log_text());
+    let report = s_client_status(&pki, &gateway);
+    assert!(
+        report.contains("OCSP Response Status: successful"),
+        "{report}"
+    );
+    assert!(report.contains("Cert Status: good"), "{report}");
+    assert!(responder.queries() >= 1);
+}
+
+#[test]
+fn the_configured_server_responder_is_asked_instead_of_the_aia_one() {
+    let pki = TestPki::new();
+    let responder = server_responder(&pki);
+    stapled_server(&pki, &unreachable_url(), &responder);
+    let (_backend, gateway) = start_stapling(&pki, Some(&responder.url()));
+
+    let stapled = eventually(Duration::from_secs(10), || {
+        metric_or_zero(&gateway, STAPLE) == 1.0
+    });
+    assert!(stapled, "no staple:\n{}", gateway.log_text());
+    let report = s_client_status(&pki, &gateway);
+    assert!(report.contains("Cert Status: good"), "{report}");
+}
+
+#[test]
+fn with_the_server_responder_down_nothing_is_stapled_and_a_warning_is_logged() {
+    let pki = TestPki::new();
+    let responder = server_responder(&pki);
+    stapled_server(&pki, &unreachable_url(), &responder);
+    let (_backend, gateway) = start_stapling(&pki, None);
+
+    let warned_once = eventually(Duration::from_secs(10), || warned(&gateway, "OCSP"));
+    assert!(warned_once, "no warning:\n{}", gateway.log_text());
+    assert_eq!(metric_or_zero(&gateway, STAPLE), 0.0);
+    let report = s_client_status(&pki, &gateway);
+    assert!(
+        report.contains("OCSP response: no response sent"),
+        "{report}"
+    );
+}
+
+// --- Helpers ----------------------------------------------------------------------------
+
+/// A responder for the device CA's certificates that knows none of them yet.
+fn device_responder(pki: &TestPki, signer: OcspSigner) -> OcspResponder {
+    OcspResponder::start(pki.dir.path(), &pki.device_ca, signer, &[])
+}
+
+/// A responder for the server root's certificates, signing as the root.
+fn server_responder(pki: &TestPki) -> OcspResponder {
+    OcspResponder::start(pki.dir.path(), &pki.server_root, OcspSigner::Issuer, &[])
+}
+
+/// A device certificate whose AIA names `url` as its OCSP responder.
+fn device(pki: &TestPki, name: &str, url: &str) -> IssuedCert {
+    pki.device_ca
+        .issue(&CertRequest::client(name).ocsp_url(url))
+}
+
+/// A device certificate that `responder` says is good.
+fn good_device(pki: &TestPki, responder: &OcspResponder, name: &str) -> IssuedCert {
+    let cert = device(pki, name, &responder.url());
+    responder.set_status(&cert, OcspStatus::Good);
+    cert
+}
+
+/// A URL nothing listens on.
+fn unreachable_url() -> String {
+    format!("http://127.0.0.1:{}", free_port())
+}
+
+/// Signers whose answers must not count: an OCSP responder certified by another CA, and
+/// a certificate of the device CA without the OCSPSigning purpose.
+fn undelegated_signers(pki: &TestPki) -> [IssuedCert; 2] {
+    [
+        pki.other_root
+            .issue(&CertRequest::ocsp_responder("foreign OCSP")),
+        pki.device_ca
+            .issue(&CertRequest::client("device OCSP without the purpose")),
+    ]
+}
+
+/// One responder signing as each of `signers`, each with one good device behind it.
+fn good_devices_behind(
+    pki: &TestPki,
+    signers: &[IssuedCert],
+) -> (Vec<OcspResponder>, Vec<IssuedCert>) {
+    let responders: Vec<OcspResponder> = signers
+        .iter()
+        .map(|signer| device_responder(pki, OcspSigner::Delegate(signer)))
+        .collect();
+    let certs = responders
+        .iter()
+        .map(|responder| good_device(pki, responder, "device-good-ocsp"))
+        .collect();
+    (responders, certs)
+}
+
+/// The gateway on io_uring, checking client certificates with OCSP only (no CRLs).
+fn start_checking(
+    pki: &TestPki,
+    settings: &[&str],
+    edit: impl FnOnce(String) -> String,
+) -> (EchoBackend, Gateway) {
+    start_checking_on(pki, Driver::IoUring, settings, edit)
+}
+
+/// The default mTLS config, its CRLs replaced by an `ocsp` block of `settings`, as
+/// `edit` changes it further.
+fn start_checking_on(
+    pki: &TestPki,
+    driver: Driver,
+    settings: &[&str],
+    edit: impl FnOnce(String) -> String,
+) -> (EchoBackend, Gateway) {
+    let block: String = settings
+        .iter()
+        .map(|line| format!("      {line}\n"))
+        .collect();
+    start_edited(pki, driver, |config| {
+        edit(config.replace(
+            "    require_crl_check: true\n    crl_files: [device-root.crl, device-ca.crl]\n",
+            &format!("    require_crl_check: false\n    ocsp:\n{block}"),
+        ))
+    })
+}
+
+fn without_resumption(config: String) -> String {
+    config.replace(
+        "  upstream:",
+        "  session_resumption: {enabled: false}\n  upstream:",
+    )
+}
+
+/// A server certificate for localhost naming `aia_url` as its responder, which
+/// `responder` says is good; its chain (leaf, then the root that issued it) and key are
+/// written as `stapled-server.pem` and `stapled-server.key`.
+fn stapled_server(pki: &TestPki, aia_url: &str, responder: &OcspResponder) {
+    let request = CertRequest::server(&["localhost", "127.0.0.1"]).ocsp_url(aia_url);
+    let server = pki.server_root.issue(&request);
+    responder.set_status(&server, OcspStatus::Good);
+    let chain = format!("{}{}", server.cert_pem, pki.server_root.cert_pem);
+    pki.write("stapled-server.pem", &chain);
+    pki.write("stapled-server.key", &server.key_pem);
+}
+
+/// The default mTLS config (CRLs, no client OCSP) serving the stapled server certificate,
+/// asking `responder` for its staple when given.
+fn start_stapling(pki: &TestPki, responder: Option<&str>) -> (EchoBackend, Gateway) {
+    let explicit = responder
+        .map(|url| format!(", ocsp_responder: \"{url}\""))
+        .unwrap_or_default();
+    let server_tls = format!(
+        "server_tls: {{cert_chain: stapled-server.pem, private_key: stapled-server.key, \
+         ocsp_stapling: true{explicit}}}"
+    );
+    start_edited(pki, Driver::IoUring, |config| {
+        config.replace(
+            "server_tls: {cert_chain: server.pem, private_key: server.key}",
+            &server_tls,
+        )
+    })
+}
+
+/// One request on a new connection, which must be answered 200: how its session began.
+fn admitted(client: &Client, gateway: &Gateway) -> Option<HandshakeKind> {
+    let mut stream = client.connect(gateway.addr).expect("handshake");
+    send_request(&mut stream, "/", &[("connection", "close")]).expect("send");
+    let response = read_to_end(&mut stream).expect("response");
+    assert_eq!(status_of(&response), 200, "{response}");
+    stream.conn.handshake_kind()
+}
+
+/// Reads from a kept-alive connection until the gateway closes it; how long that took.
+fn wait_for_close(stream: &mut TlsStream, limit: Duration) -> Duration {
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    let started = Instant::now();
+    let mut scratch = [0u8; 4096];
+    loop {
+        match stream.read(&mut scratch) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return started.elapsed(),
+        }
+        assert!(started.elapsed() < limit, "the connection stayed open");
+    }
+}
+
+/// A sample of `/metrics`, or 0 while the gateway has not written it.
+fn metric_or_zero(gateway: &Gateway, sample: &str) -> f64 {
+    let text = gateway.metrics();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Whether the gateway logged a warning that mentions `needle`.
+fn warned(gateway: &Gateway, needle: &str) -> bool {
+    gateway
+        .log_text()
+        .lines()
+        .any(|line| line.contains("WARN") && line.contains(needle))
+}
+
+/// What `openssl s_client -status` reports of a handshake with the gateway, presenting
+/// the test PKI's good device.
+fn s_client_status(pki: &TestPki, gateway: &Gateway) -> String {
+    let (cert, key) = pki.client_files("good", &pki.good);
+    let connect = format!("127.0.0.1:{}", gateway.addr.port());
+    let output = Command::new("openssl")
+        .args(["s_client", "-connect", &connect, "-servername", "localhost"])
+        .arg("-status")
+        .arg("-CAfile")
+        .arg(pki.path("server-root.pem"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-cert_chain")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed");
+    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
+}
