@@ -67,6 +67,21 @@ SCENARIOS = {
 }
 
 
+# The Debian package each tool the load tests use comes in.
+PACKAGES = {"haproxy": "haproxy", "nginx": "nginx-light", "taskset": "util-linux",
+            "openssl": "openssl", "stdbuf": "coreutils"}
+
+
+def prepare(no_build, tools):
+    """Builds the release binaries (unless no_build), and exits naming the package to
+    install when one of `tools` is missing."""
+    if not no_build:
+        subprocess.run(["cargo", "build", "--release", "-p", "srrrs-edge", "-p", "edge-load"], cwd=ROOT, check=True)
+    for tool in tools:
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            sys.exit(f"{tool} is needed: apt-get install {' '.join(PACKAGES[t] for t in tools)}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per run (default 10)")
@@ -75,12 +90,7 @@ def main():
     parser.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
     args = parser.parse_args()
 
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "srrrs-edge", "-p", "edge-load"], cwd=ROOT, check=True)
-    for tool in ["haproxy", "nginx", "taskset"]:
-        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
-            sys.exit(f"{tool} is needed: apt-get install haproxy nginx-light util-linux")
-
+    prepare(args.no_build, ["haproxy", "nginx", "taskset"])
     work = Path(tempfile.mkdtemp(prefix="srrrs-compare-"))
     processes = []
     try:

@@ -40,8 +40,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from compare import (ADMIN_PORT, CLIENT_CPU, GATEWAY, LOADGEN, PORTS, ROOT, SERVER_CPU, TICKS,
-                     gateway_config, load, nginx_config, run, start_backend, stop, wait_for_port)
+from compare import (ADMIN_PORT, CLIENT_CPU, GATEWAY, LOADGEN, PORTS, SERVER_CPU, TICKS,
+                     gateway_config, load, nginx_config, prepare, run, start_backend, stop, wait_for_port)
 
 RESPONDER_PORT = 29480
 RESPONDER = f"http://127.0.0.1:{RESPONDER_PORT}"
@@ -66,12 +66,7 @@ def main():
     parser.add_argument("--no-build", action="store_true", help="use the release binaries as they are")
     args = parser.parse_args()
 
-    if not args.no_build:
-        subprocess.run(["cargo", "build", "--release", "-p", "srrrs-edge", "-p", "edge-load"], cwd=ROOT, check=True)
-    for tool in ["nginx", "openssl", "taskset", "stdbuf"]:
-        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
-            sys.exit(f"{tool} is needed: apt-get install nginx-light openssl util-linux coreutils")
-
+    prepare(args.no_build, ["nginx", "openssl", "taskset", "stdbuf"])
     work = Path(tempfile.mkdtemp(prefix="srrrs-ocsp-cost-"))
     processes = []
     try:

@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -1612,18 +1612,9 @@ fn tls12_renegotiation_is_refused_and_the_gateway_carries_on(driver: Driver) {
     let setup = Setup::start(driver);
     let (cert, key) = setup.pki.client_files("good", &setup.pki.good);
     let token = setup.token();
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-tls1_2", "-crlf", "-servername", "localhost"])
-        .arg("-connect")
-        .arg(setup.gateway.addr.to_string())
-        .arg("-CAfile")
-        .arg(setup.pki.path("server-root.pem"))
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-cert_chain")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
+    let connect = setup.gateway.addr.to_string();
+    let mut child = openssl_s_client(&setup.pki, &cert, &key, &connect)
+        .args(["-tls1_2", "-crlf"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

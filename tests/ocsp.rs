@@ -5,9 +5,8 @@
 
 mod common;
 
-use std::io::Read;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 use rustls::{AlertDescription, HandshakeKind};
@@ -467,21 +466,7 @@ fn wait_for_close(stream: &mut TlsStream, limit: Duration) -> Duration {
         .sock
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("read timeout");
-    let started = Instant::now();
-    let mut scratch = [0u8; 4096];
-    loop {
-        match stream.read(&mut scratch) {
-            Ok(0) => return started.elapsed(),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => return started.elapsed(),
-        }
-        assert!(started.elapsed() < limit, "the connection stayed open");
-    }
+    common::wait_for_close(stream, limit)
 }
 
 /// A sample of `/metrics`, or 0 while the gateway has not written it.
@@ -505,17 +490,8 @@ fn warned(gateway: &Gateway, needle: &str) -> bool {
 fn s_client_status(pki: &TestPki, gateway: &Gateway) -> String {
     let (cert, key) = pki.client_files("good", &pki.good);
     let connect = format!("127.0.0.1:{}", gateway.addr.port());
-    let output = Command::new("openssl")
-        .args(["s_client", "-connect", &connect, "-servername", "localhost"])
+    let output = openssl_s_client(pki, &cert, &key, &connect)
         .arg("-status")
-        .arg("-CAfile")
-        .arg(pki.path("server-root.pem"))
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-cert_chain")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
         .stdin(Stdio::null())
         .output()
         .expect("openssl is installed");

@@ -57,23 +57,8 @@ fn a_second_connection_resumes_on_tls13_and_tls12(driver: Driver) {
     let session = pki.path("openssl.session");
     let run = |flag: &str, version: &str| {
         let connect = format!("127.0.0.1:{}", gateway.addr.port());
-        let mut child = Command::new("openssl")
-            .args([
-                "s_client",
-                "-connect",
-                &connect,
-                "-servername",
-                "localhost",
-                version,
-            ])
-            .arg("-CAfile")
-            .arg(pki.path("server-root.pem"))
-            .arg("-cert")
-            .arg(&cert)
-            .arg("-cert_chain")
-            .arg(&cert)
-            .arg("-key")
-            .arg(&key)
+        let mut child = openssl_s_client(&pki, &cert, &key, &connect)
+            .arg(version)
             .arg(flag)
             .arg(&session)
             .stdin(std::process::Stdio::piped())

@@ -1182,6 +1182,44 @@ pub fn log_count(gateway: &Gateway, needle: &str) -> usize {
     gateway.log_text().matches(needle).count()
 }
 
+/// `openssl s_client` connecting to `connect` with SNI `localhost`, trusting the test
+/// PKI's server root and presenting `cert` (its chain in the same file) and `key`; the
+/// caller adds its own arguments and standard streams.
+pub fn openssl_s_client(pki: &TestPki, cert: &Path, key: &Path, connect: &str) -> Command {
+    let mut command = Command::new("openssl");
+    command
+        .args(["s_client", "-connect", connect, "-servername", "localhost"])
+        .arg("-CAfile")
+        .arg(pki.path("server-root.pem"))
+        .arg("-cert")
+        .arg(cert)
+        .arg("-cert_chain")
+        .arg(cert)
+        .arg("-key")
+        .arg(key);
+    command
+}
+
+/// Reads and drops what arrives until the peer closes `stream` (read timeouts are waited
+/// through); how long that took. Panics after `limit`.
+pub fn wait_for_close(stream: &mut impl Read, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut scratch = [0u8; 4096];
+    loop {
+        match stream.read(&mut scratch) {
+            Ok(0) => return started.elapsed(),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return started.elapsed(),
+        }
+        assert!(started.elapsed() < limit, "the connection stayed open");
+    }
+}
+
 // --- OCSP -------------------------------------------------------------------------------
 
 /// What an OCSP responder says about a certificate.
