@@ -261,6 +261,11 @@ def start_server(server, work, auth):
         path = work / "nginx-mtls.conf"
         path.write_text(nginx_config(work))
         command = ["nginx", "-c", str(path), "-p", str(work / "nginx-mtls")]
+    return launch(server, command, log, work)
+
+
+def launch(server, command, log, work):
+    """Starts a server's command on the server's CPU and waits until it listens."""
     process = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], stdout=log, stderr=subprocess.STDOUT,
                                cwd=work)
     wait_for_port(PORTS[server], process, server)

@@ -40,8 +40,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from compare import (ADMIN_PORT, CLIENT_CPU, GATEWAY, LOADGEN, PORTS, SERVER_CPU, TICKS,
-                     gateway_config, load, nginx_config, prepare, run, start_backend, stop, wait_for_port)
+from compare import (ADMIN_PORT, CLIENT_CPU, GATEWAY, LOADGEN, TICKS, gateway_config, launch, load, nginx_config,
+                     prepare, run, start_backend, stop)
 
 RESPONDER_PORT = 29480
 RESPONDER = f"http://127.0.0.1:{RESPONDER_PORT}"
@@ -171,11 +171,7 @@ def start_server(server, ocsp, work, nginx_ocsp):
                                   f"{crl}\n    ssl_ocsp {nginx_ocsp};\n    ssl_ocsp_responder {RESPONDER};\n"
                                   f"    ssl_ocsp_cache shared:OCSP:1m;", ocsp))
         command = ["nginx", "-c", str(path), "-p", str(work / "nginx-mtls")]
-    process = subprocess.Popen(["taskset", "-c", SERVER_CPU, *command], stdout=log, stderr=subprocess.STDOUT,
-                               cwd=work)
-    wait_for_port(PORTS[server], process, server)
-    time.sleep(0.3)
-    return process
+    return launch(server, command, log, work)
 
 
 def with_ocsp(config, anchor, replacement, ocsp):
