@@ -176,8 +176,8 @@ impl OcspChecker {
     }
 
     /// Asks again about the answers in use that are three quarters through their life,
-    /// and forgets the lapsed ones. Returns whether a certificate with a good answer has
-    /// since been found revoked (once per finding).
+    /// and forgets the lapsed ones. Returns whether a certificate has since been found
+    /// revoked that was not known revoked before (once per finding).
     pub fn refresh(self: &Arc<Self>, now: i64) -> bool {
         let mut due = Vec::new();
         self.answers.retain(|_, cached| {
@@ -341,9 +341,11 @@ impl OcspChecker {
             last_used: AtomicI64::new(now),
             query,
         };
+        // A first answer may be about a certificate in use too: one admitted under
+        // soft-fail.
         let previous = self.answers.insert(key, cached);
         if answer.state == CertState::Revoked
-            && previous.is_some_and(|previous| previous.state != CertState::Revoked)
+            && previous.is_none_or(|previous| previous.state != CertState::Revoked)
         {
             self.revoked_in_use.store(true, Ordering::Relaxed);
         }
