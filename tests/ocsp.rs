@@ -155,6 +155,33 @@ fn with_its_responder_down_soft_fail_admits_a_certificate_and_counts_and_warns()
 }
 
 #[test]
+fn a_device_admitted_under_soft_fail_is_closed_once_its_responder_says_revoked() {
+    let pki = TestPki::new();
+    let mut responder = device_responder(&pki, OcspSigner::Issuer);
+    let cert = device(&pki, "device-soft-then-revoked", &responder.url());
+    responder.set_status(&cert, OcspStatus::Revoked);
+    responder.stop();
+    let settings = [SOFT_FAIL, "timeout: 1s", "retry_interval: 1s"];
+    let (backend, gateway) = start_checking(&pki, &settings, |c| c);
+
+    let client = Client::new(&pki, Some(&cert));
+    let mut live = client.connect(gateway.addr).expect("admitted");
+    send_request(&mut live, "/live", &[]).expect("send");
+    let first = read_one_response(&mut live);
+    assert_eq!(status_of(&first), 200, "{first}");
+
+    // Asked again in the background until it answers, not at the next expiry sweep
+    // (every 30 s): the revocation closes the connection within seconds.
+    responder.restart();
+    let closed = wait_for_close(&mut live, Duration::from_secs(20));
+    assert!(closed <= Duration::from_secs(10), "closed after {closed:?}");
+    assert!(responder.queries() >= 1, "{}", responder.log_text());
+    let again = Client::new(&pki, Some(&cert)).get(gateway.addr, "/again");
+    assert_eq!(alert_of(again), AlertDescription::CertificateRevoked);
+    assert_eq!(paths(&backend), ["/live"]);
+}
+
+#[test]
 fn under_hard_fail_an_answer_from_a_signer_never_delegated_is_no_answer() {
     let pki = TestPki::new();
     let signers = undelegated_signers(&pki);

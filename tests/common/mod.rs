@@ -1336,6 +1336,15 @@ impl OcspResponder {
         let _ = self.child.wait();
     }
 
+    /// Starts it again on the same port, after [`Self::stop`], with the same index.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = spawn_ocsp_responder(&self.prefix, self.port)
+            .expect("the OCSP responder restarts on its port");
+        // A new log: what was counted before is gone with it.
+        self.own_requests.store(0, Ordering::SeqCst);
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

@@ -69,6 +69,9 @@ pub struct OcspChecker {
     arrived: Condvar,
     /// Responders that failed: until when they are not asked, and why.
     down: Mutex<HashMap<String, (Instant, String)>>,
+    /// Under soft-fail, the certificates admitted without an answer, with when a
+    /// handshake last asked: asked about again until they have one.
+    unanswered: Mutex<HashMap<[u8; 32], (Query, i64)>>,
     revoked_in_use: AtomicBool,
     sent: AtomicU64,
     no_answer: AtomicU64,
@@ -118,6 +121,7 @@ impl OcspChecker {
             in_flight: Mutex::new(HashMap::new()),
             arrived: Condvar::new(),
             down: Mutex::new(HashMap::new()),
+            unanswered: Mutex::new(HashMap::new()),
             revoked_in_use: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             no_answer: AtomicU64::new(0),
@@ -152,22 +156,33 @@ impl OcspChecker {
         let Some(url) = self.responder_for(cert, issuer) else {
             return Verdict::NoAnswer("no responder: no AIA OCSP URL and no override".into());
         };
-        if let Some(error) = self.failure_of(&url) {
+        let query = Query { subject, url };
+        let verdict = self.answer_to(&query);
+        if matches!(verdict, Verdict::NoAnswer(_)) && self.policy == OcspPolicy::SoftFail {
+            let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            if unanswered.len() < MAX_ANSWERS {
+                unanswered.insert(query.subject.key, (query, now));
+            }
+        }
+        verdict
+    }
+
+    /// Asks `query` unless its responder failed lately, and waits for the answer where
+    /// this thread may.
+    fn answer_to(self: &Arc<Self>, query: &Query) -> Verdict {
+        if let Some(error) = self.failure_of(&query.url) {
             return Verdict::NoAnswer(error);
         }
-        let key = subject.key;
-        self.ask(Query {
-            subject,
-            url: url.clone(),
-        });
+        self.ask(query.clone());
         if !MAY_WAIT.with(Cell::get) {
             return Verdict::NoAnswer("the answer is still on its way".into());
         }
-        self.wait_for(&key);
-        self.cached(&key, unix_now()).unwrap_or_else(|| {
-            let failure = self.failure_of(&url);
-            Verdict::NoAnswer(failure.unwrap_or_else(|| "no answer within the timeout".into()))
-        })
+        self.wait_for(&query.subject.key);
+        self.cached(&query.subject.key, unix_now())
+            .unwrap_or_else(|| {
+                let failure = self.failure_of(&query.url);
+                Verdict::NoAnswer(failure.unwrap_or_else(|| "no answer within the timeout".into()))
+            })
     }
 
     /// Counts a certificate admitted without an answer.
@@ -176,7 +191,8 @@ impl OcspChecker {
     }
 
     /// Asks again about the answers in use that are three quarters through their life,
-    /// and forgets the lapsed ones. Returns whether a certificate has since been found
+    /// and about the certificates admitted under soft-fail without one; forgets the lapsed
+    /// ones. Returns whether a certificate has since been found
     /// revoked that was not known revoked before (once per finding).
     pub fn refresh(self: &Arc<Self>, now: i64) -> bool {
         let mut due = Vec::new();
@@ -191,6 +207,15 @@ impl OcspChecker {
             }
             cached.good_until > now || used
         });
+        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        unanswered.retain(|key, (query, asked)| {
+            let open = !self.answers.contains_key(key) && *asked >= now - self.max_age;
+            if open {
+                due.push(query.clone());
+            }
+            open
+        });
+        drop(unanswered);
         for query in due {
             if self.failure_of(&query.url).is_none() {
                 self.ask(query);
