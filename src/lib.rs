@@ -15,6 +15,7 @@ pub mod demo;
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod handshake_pool;
 pub mod http;
 pub mod ingress;
 pub mod metrics;

@@ -19,6 +19,7 @@ use tracing::{info, warn};
 use crate::access_log::AccessLog;
 use crate::admin::Readiness;
 use crate::config::{self, ConfigError, IoDriverChoice, LimitsConfig, LoadedConfig};
+use crate::handshake_pool::HandshakePool;
 use crate::ingress::IngressSet;
 use crate::metrics::Metrics;
 use crate::proxy::admission::SourceCounts;
@@ -454,22 +455,6 @@ fn run_worker(plan: WorkerPlan, report: mpsc::Sender<DriverReport>) {
             let _ = report.send(Ok(IoDriver::Epoll));
             runtime.block_on(serve);
         }
-    }
-}
-
-/// Threads shared by every worker for handshakes whose client verification may wait on
-/// an OCSP responder; made the first time one is needed.
-const HANDSHAKE_POOL_THREADS: usize = 16;
-
-/// The handshake pool, as monoio's `spawn_blocking` reaches it.
-struct HandshakePool;
-
-impl monoio::blocking::ThreadPool for HandshakePool {
-    fn schedule_task(&self, task: monoio::blocking::BlockingTask) {
-        static POOL: std::sync::OnceLock<monoio::blocking::DefaultThreadPool> =
-            std::sync::OnceLock::new();
-        POOL.get_or_init(|| monoio::blocking::DefaultThreadPool::new(HANDSHAKE_POOL_THREADS))
-            .schedule_task(task);
     }
 }
 

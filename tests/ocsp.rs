@@ -5,20 +5,12 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
+use common::ocsp::*;
 use common::*;
 use rustls::{AlertDescription, HandshakeKind};
-use srrrs_edge::demo::echo::EchoBackend;
 use srrrs_edge::demo::pki::{CertRequest, IssuedCert};
-
-const SOFT_FAIL_ADMISSIONS: &str = "srrrs_ocsp_soft_fail_admissions_total{ingress=\"localhost\"}";
-const NO_ANSWER: &str = "srrrs_ocsp_no_answer_total{ingress=\"localhost\"}";
-const STAPLE: &str = "srrrs_ocsp_staple{ingress=\"localhost\"}";
-
-const HARD_FAIL: &str = "policy: hard-fail";
-const SOFT_FAIL: &str = "policy: soft-fail";
 
 on_both_drivers!(a_revocation_learned_later_closes_live_connections_and_blocks_resumption);
 
@@ -139,14 +131,14 @@ fn with_its_responder_down_soft_fail_admits_a_certificate_and_counts_and_warns()
     let pki = TestPki::new();
     let cert = device(&pki, "device-unanswered", &unreachable_url());
     let (backend, gateway) = start_checking(&pki, &[SOFT_FAIL], |c| c);
-    let before = metric_or_zero(&gateway, SOFT_FAIL_ADMISSIONS);
+    let before = gateway.metric_or_zero(SOFT_FAIL_ADMISSIONS);
 
     let response = Client::new(&pki, Some(&cert))
         .get(gateway.addr, "/soft")
         .expect("admitted");
     assert_eq!(status_of(&response), 200, "{response}");
     assert_eq!(paths(&backend), ["/soft"]);
-    assert!(metric_or_zero(&gateway, SOFT_FAIL_ADMISSIONS) >= before + 1.0);
+    assert!(gateway.metric_or_zero(SOFT_FAIL_ADMISSIONS) >= before + 1.0);
     assert!(
         warned(&gateway, "soft-fail"),
         "no soft-fail warning:\n{}",
@@ -193,7 +185,7 @@ fn under_hard_fail_an_answer_from_a_signer_never_delegated_is_no_answer() {
         assert_eq!(alert_of(attempt), AlertDescription::UnknownCA);
         assert!(responder.queries() >= 1, "the responder was asked");
     }
-    assert!(metric_or_zero(&gateway, NO_ANSWER) >= 2.0);
+    assert!(gateway.metric_or_zero(NO_ANSWER) >= 2.0);
     assert!(paths(&backend).is_empty());
 }
 
@@ -211,8 +203,8 @@ fn under_soft_fail_an_answer_from_a_signer_never_delegated_is_admitted_and_count
         assert_eq!(status_of(&response), 200, "{response}");
         assert!(responder.queries() >= 1, "the responder was asked");
     }
-    assert!(metric_or_zero(&gateway, NO_ANSWER) >= 2.0);
-    assert!(metric_or_zero(&gateway, SOFT_FAIL_ADMISSIONS) >= 2.0);
+    assert!(gateway.metric_or_zero(NO_ANSWER) >= 2.0);
+    assert!(gateway.metric_or_zero(SOFT_FAIL_ADMISSIONS) >= 2.0);
     assert_eq!(paths(&backend), ["/soft", "/soft"]);
 }
 
@@ -307,11 +299,12 @@ fn a_certificate_is_checked_with_the_responder_configured_for_its_issuer() {
 fn the_server_certificate_is_stapled_with_a_good_answer_from_its_aia_responder() {
     let pki = TestPki::new();
     let responder = server_responder(&pki);
-    stapled_server(&pki, &responder.url(), &responder);
+    let server = stapled_server(&pki, &responder.url());
+    responder.set_status(&server, OcspStatus::Good);
     let (_backend, gateway) = start_stapling(&pki, None);
 
     let stapled = eventually(Duration::from_secs(10), || {
-        metric_or_zero(&gateway, STAPLE) == 1.0
+        gateway.metric_or_zero(STAPLE) == 1.0
     });
     assert!(stapled, "no staple:\n{}", gateway.log_text());
     let report = s_client_status(&pki, &gateway);
@@ -327,11 +320,12 @@ fn the_server_certificate_is_stapled_with_a_good_answer_from_its_aia_responder()
 fn the_configured_server_responder_is_asked_instead_of_the_aia_one() {
     let pki = TestPki::new();
     let responder = server_responder(&pki);
-    stapled_server(&pki, &unreachable_url(), &responder);
+    let server = stapled_server(&pki, &unreachable_url());
+    responder.set_status(&server, OcspStatus::Good);
     let (_backend, gateway) = start_stapling(&pki, Some(&responder.url()));
 
     let stapled = eventually(Duration::from_secs(10), || {
-        metric_or_zero(&gateway, STAPLE) == 1.0
+        gateway.metric_or_zero(STAPLE) == 1.0
     });
     assert!(stapled, "no staple:\n{}", gateway.log_text());
     let report = s_client_status(&pki, &gateway);
@@ -342,12 +336,13 @@ fn the_configured_server_responder_is_asked_instead_of_the_aia_one() {
 fn with_the_server_responder_down_nothing_is_stapled_and_a_warning_is_logged() {
     let pki = TestPki::new();
     let responder = server_responder(&pki);
-    stapled_server(&pki, &unreachable_url(), &responder);
+    let server = stapled_server(&pki, &unreachable_url());
+    responder.set_status(&server, OcspStatus::Good);
     let (_backend, gateway) = start_stapling(&pki, None);
 
     let warned_once = eventually(Duration::from_secs(10), || warned(&gateway, "OCSP"));
     assert!(warned_once, "no warning:\n{}", gateway.log_text());
-    assert_eq!(metric_or_zero(&gateway, STAPLE), 0.0);
+    assert_eq!(gateway.metric_or_zero(STAPLE), 0.0);
     let report = s_client_status(&pki, &gateway);
     assert!(
         report.contains("OCSP response: no response sent"),
@@ -365,12 +360,6 @@ fn device_responder(pki: &TestPki, signer: OcspSigner) -> OcspResponder {
 /// A responder for the server root's certificates, signing as the root.
 fn server_responder(pki: &TestPki) -> OcspResponder {
     OcspResponder::start(pki.dir.path(), &pki.server_root, OcspSigner::Issuer, &[])
-}
-
-/// A device certificate whose AIA names `url` as its OCSP responder.
-fn device(pki: &TestPki, name: &str, url: &str) -> IssuedCert {
-    pki.device_ca
-        .issue(&CertRequest::client(name).ocsp_url(url))
 }
 
 /// A device certificate that `responder` says is good.
@@ -412,81 +401,6 @@ fn good_devices_behind(
     (responders, certs)
 }
 
-/// The gateway on io_uring, checking client certificates with OCSP only (no CRLs).
-fn start_checking(
-    pki: &TestPki,
-    settings: &[&str],
-    edit: impl FnOnce(String) -> String,
-) -> (EchoBackend, Gateway) {
-    start_checking_on(pki, Driver::IoUring, settings, edit)
-}
-
-/// The default mTLS config, its CRLs replaced by an `ocsp` block of `settings`, as
-/// `edit` changes it further.
-fn start_checking_on(
-    pki: &TestPki,
-    driver: Driver,
-    settings: &[&str],
-    edit: impl FnOnce(String) -> String,
-) -> (EchoBackend, Gateway) {
-    let block: String = settings
-        .iter()
-        .map(|line| format!("      {line}\n"))
-        .collect();
-    start_edited(pki, driver, |config| {
-        edit(config.replace(
-            "    require_crl_check: true\n    crl_files: [device-root.crl, device-ca.crl]\n",
-            &format!("    require_crl_check: false\n    ocsp:\n{block}"),
-        ))
-    })
-}
-
-fn without_resumption(config: String) -> String {
-    config.replace(
-        "  upstream:",
-        "  session_resumption: {enabled: false}\n  upstream:",
-    )
-}
-
-/// A server certificate for localhost naming `aia_url` as its responder, which
-/// `responder` says is good; its chain (leaf, then the root that issued it) and key are
-/// written as `stapled-server.pem` and `stapled-server.key`.
-fn stapled_server(pki: &TestPki, aia_url: &str, responder: &OcspResponder) {
-    let request = CertRequest::server(&["localhost", "127.0.0.1"]).ocsp_url(aia_url);
-    let server = pki.server_root.issue(&request);
-    responder.set_status(&server, OcspStatus::Good);
-    let chain = format!("{}{}", server.cert_pem, pki.server_root.cert_pem);
-    pki.write("stapled-server.pem", &chain);
-    pki.write("stapled-server.key", &server.key_pem);
-}
-
-/// The default mTLS config (CRLs, no client OCSP) serving the stapled server certificate,
-/// asking `responder` for its staple when given.
-fn start_stapling(pki: &TestPki, responder: Option<&str>) -> (EchoBackend, Gateway) {
-    let explicit = responder
-        .map(|url| format!(", ocsp_responder: \"{url}\""))
-        .unwrap_or_default();
-    let server_tls = format!(
-        "server_tls: {{cert_chain: stapled-server.pem, private_key: stapled-server.key, \
-         ocsp_stapling: true{explicit}}}"
-    );
-    start_edited(pki, Driver::IoUring, |config| {
-        config.replace(
-            "server_tls: {cert_chain: server.pem, private_key: server.key}",
-            &server_tls,
-        )
-    })
-}
-
-/// One request on a new connection, which must be answered 200: how its session began.
-fn admitted(client: &Client, gateway: &Gateway) -> Option<HandshakeKind> {
-    let mut stream = client.connect(gateway.addr).expect("handshake");
-    send_request(&mut stream, "/", &[("connection", "close")]).expect("send");
-    let response = read_to_end(&mut stream).expect("response");
-    assert_eq!(status_of(&response), 200, "{response}");
-    stream.conn.handshake_kind()
-}
-
 /// Reads from a kept-alive connection until the gateway closes it; how long that took.
 fn wait_for_close(stream: &mut TlsStream, limit: Duration) -> Duration {
     stream
@@ -496,31 +410,10 @@ fn wait_for_close(stream: &mut TlsStream, limit: Duration) -> Duration {
     common::wait_for_close(stream, limit)
 }
 
-/// A sample of `/metrics`, or 0 while the gateway has not written it.
-fn metric_or_zero(gateway: &Gateway, sample: &str) -> f64 {
-    let text = gateway.metrics();
-    text.lines()
-        .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Whether the gateway logged a warning that mentions `needle`.
 fn warned(gateway: &Gateway, needle: &str) -> bool {
     gateway
         .log_text()
         .lines()
         .any(|line| line.contains("WARN") && line.contains(needle))
-}
-
-/// What `openssl s_client -status` reports of a handshake with the gateway, presenting
-/// the test PKI's good device.
-fn s_client_status(pki: &TestPki, gateway: &Gateway) -> String {
-    let (cert, key) = pki.client_files("good", &pki.good);
-    let connect = format!("127.0.0.1:{}", gateway.addr.port());
-    let output = openssl_s_client(pki, &cert, &key, &connect)
-        .arg("-status")
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl is installed");
-    String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
 }

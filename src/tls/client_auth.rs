@@ -337,20 +337,22 @@ impl DeviceVerifier {
 /// and keeps its tickets from resuming.
 fn refresh_ocsp(verifier: Weak<DeviceVerifier>) {
     loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let Some(verifier) = verifier.upgrade() else {
+        let Some(strong) = verifier.upgrade() else {
             return;
         };
-        let Some(checker) = verifier.ocsp.clone() else {
+        let Some(checker) = strong.ocsp.clone() else {
             return;
         };
         if checker.refresh(unix_now()) {
-            let epoch = verifier.renew_epoch();
+            let epoch = strong.renew_epoch();
             info!(
                 epoch,
-                "OCSP found a certificate in use revoked; a new revocation epoch is in force"
+                "OCSP found a certificate revoked; a new revocation epoch is in force"
             );
         }
+        // The verifier is not held while asleep, so that its thread ends with it.
+        drop(strong);
+        checker.pause(Duration::from_secs(1));
     }
 }
 

@@ -20,7 +20,7 @@ use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
 
 use super::client_auth::{DeviceOcsp, DeviceVerifier};
-use super::ocsp::staple::{self, Staple};
+use super::ocsp::staple::{self, Staple, StapleFailure};
 use super::pem;
 use super::revocation::{RevocationSet, RevocationSources};
 use super::tickets::{TicketKeyRing, TicketKeySource, Ticketer};
@@ -329,8 +329,7 @@ impl ServerCertificate {
         };
         let now = unix_now();
         let chain = self.current.load().cert.clone();
-        let held = lock(&stapling.staple).clone();
-        let due = held
+        let due = lock(&stapling.staple)
             .as_ref()
             .is_none_or(|staple| !staple.serves(&chain[0], now) || staple.is_due(now));
         if due && Instant::now() >= *lock(&stapling.next_attempt) {
@@ -344,11 +343,17 @@ impl ServerCertificate {
                     info!(good_until = %describe_time(Some(staple.good_until)), "OCSP response for the server certificate stapled");
                     *lock(&stapling.staple) = Some(staple);
                 }
-                Err(error) => {
+                Err(failure) => {
                     stapling.failures.fetch_add(1, Ordering::Relaxed);
                     *lock(&stapling.next_attempt) = Instant::now() + STAPLE_RETRY;
-                    let stapled = held.as_ref().is_some_and(|s| s.serves(&chain[0], now));
-                    warn!(%error, stapled, "no fresh OCSP response for the server certificate");
+                    if matches!(failure, StapleFailure::NotGood(_)) {
+                        // Superseded: a good answer held is no longer the responder's word.
+                        *lock(&stapling.staple) = None;
+                    }
+                    let stapled = lock(&stapling.staple)
+                        .as_ref()
+                        .is_some_and(|s| s.serves(&chain[0], now));
+                    warn!(error = %failure, stapled, "no fresh OCSP response for the server certificate");
                 }
             }
         }

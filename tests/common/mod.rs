@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of this module.
 
+pub mod ocsp;
+
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -337,6 +339,15 @@ impl Gateway {
     pub fn metrics(&self) -> String {
         let admin = self.admin.expect("gateway started without admin");
         http_get_plain(admin, "/metrics")
+    }
+
+    /// The value of one sample line of `/metrics`, or 0 while the gateway has not written
+    /// it (a counter not yet counted).
+    pub fn metric_or_zero(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// The value of one sample line of `/metrics`, such as
@@ -953,6 +964,17 @@ pub fn assert_closed_silently(stream: &mut TlsStream, limit: Duration) {
     assert!(rest.is_empty(), "{rest:?}");
 }
 
+/// The `Content-Length` a message head declares; 0 without one (or with a bad one).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 /// Reads one response with a `Content-Length` body (none when it has no such header)
 /// from a kept-alive connection.
 pub fn read_one_response(stream: &mut TlsStream) -> String {
@@ -963,15 +985,7 @@ pub fn read_one_response(stream: &mut TlsStream) -> String {
         bytes.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&bytes).into_owned();
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
+    let mut body = vec![0u8; content_length(&head)];
     stream.read_exact(&mut body).expect("response body");
     head + &String::from_utf8_lossy(&body)
 }

@@ -7,7 +7,7 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,7 +72,10 @@ pub struct OcspChecker {
     /// Under soft-fail, the certificates admitted without an answer, with when a
     /// handshake last asked: asked about again until they have one.
     unanswered: Mutex<HashMap<[u8; 32], (Query, i64)>>,
-    revoked_in_use: AtomicBool,
+    /// Whether a certificate has been found revoked since `refresh` last looked; the
+    /// refresh thread is woken when it is.
+    revoked_found: Mutex<bool>,
+    revocation: Condvar,
     sent: AtomicU64,
     no_answer: AtomicU64,
     soft_admissions: AtomicU64,
@@ -122,7 +125,8 @@ impl OcspChecker {
             arrived: Condvar::new(),
             down: Mutex::new(HashMap::new()),
             unanswered: Mutex::new(HashMap::new()),
-            revoked_in_use: AtomicBool::new(false),
+            revoked_found: Mutex::new(false),
+            revocation: Condvar::new(),
             sent: AtomicU64::new(0),
             no_answer: AtomicU64::new(0),
             soft_admissions: AtomicU64::new(0),
@@ -198,10 +202,10 @@ impl OcspChecker {
         let mut due = Vec::new();
         self.answers.retain(|_, cached| {
             let used = cached.last_used.load(Ordering::Relaxed) >= now - self.max_age;
-            let lifetime = cached.good_until - cached.fetched;
+            let lifetime = cached.good_until.saturating_sub(cached.fetched);
             if used
                 && cached.state != CertState::Revoked
-                && now >= cached.fetched + lifetime * 3 / 4
+                && now >= cached.fetched + lifetime / 4 * 3
             {
                 due.push(cached.query.clone());
             }
@@ -221,7 +225,15 @@ impl OcspChecker {
                 self.ask(query);
             }
         }
-        self.revoked_in_use.swap(false, Ordering::Relaxed)
+        std::mem::take(&mut *self.revoked_found.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Sleeps for `most`, or less when a certificate is found revoked meanwhile.
+    pub fn pause(&self, most: Duration) {
+        let found = self.revoked_found.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = self
+            .revocation
+            .wait_timeout_while(found, most, |found| !*found);
     }
 
     /// Queries sent, queries that ended without a valid answer, and certificates admitted
@@ -340,14 +352,25 @@ impl OcspChecker {
             &request,
             "application/ocsp-response",
         )?;
-        protocol::read_response(&document.body, &query.subject, Some(&nonce), unix_now())
-            .map_err(|error| format!("{}: {error}", query.url))
+        let now = unix_now();
+        let answer = protocol::read_response(&document.body, &query.subject, Some(&nonce), now)
+            .map_err(|error| format!("{}: {error}", query.url))?;
+        // Within the clock skew read_response allows, an answer can arrive already
+        // lapsed: no answer, or every handshake would ask again.
+        if answer.state != CertState::Revoked && answer.current_until(self.max_age) <= now {
+            return Err(format!("{}: the answer is no longer current", query.url));
+        }
+        Ok(answer)
     }
 
     fn keep(&self, query: Query, answer: protocol::Answer) {
         let now = unix_now();
-        let until = answer.next_update.unwrap_or(now + self.max_age);
-        let good_until = until.min(now + self.max_age);
+        // A revocation is for good (RFC 5280 §5.3.1; certificateHold, the one way back,
+        // is not honoured): kept for as long as the checker lives, until a reload.
+        let good_until = match answer.state {
+            CertState::Revoked => i64::MAX,
+            _ => answer.current_until(self.max_age).min(now + self.max_age),
+        };
         if answer.state == CertState::Unknown {
             self.no_answer.fetch_add(1, Ordering::Relaxed);
         }
@@ -372,7 +395,8 @@ impl OcspChecker {
         if answer.state == CertState::Revoked
             && previous.is_none_or(|previous| previous.state != CertState::Revoked)
         {
-            self.revoked_in_use.store(true, Ordering::Relaxed);
+            *self.revoked_found.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            self.revocation.notify_all();
         }
     }
 }

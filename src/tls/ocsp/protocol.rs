@@ -118,6 +118,16 @@ pub struct Answer {
     pub next_update: Option<i64>,
 }
 
+impl Answer {
+    /// Until when it is current: its nextUpdate, or without one (newer information is
+    /// always available, RFC 6960 §4.2.2.1) `max_age` seconds after its thisUpdate, so
+    /// that an old response replayed is not taken as news.
+    pub fn current_until(&self, max_age: i64) -> i64 {
+        self.next_update
+            .unwrap_or(self.this_update.saturating_add(max_age))
+    }
+}
+
 /// Reads a responder's answer about `subject` and checks it: a successful basic response,
 /// signed by the issuer or by a responder certificate the issuer signed for OCSP
 /// signing, echoing `nonce` if it carries one, current at `now` (seconds since the Unix

@@ -61,6 +61,35 @@ pub fn can_staple(chain: &[CertificateDer<'_>], configured: bool) -> bool {
             .is_ok_and(|(_, cert)| aia_ocsp_url(&cert).is_some())
 }
 
+/// Why no staple was fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StapleFailure {
+    /// No valid answer: whatever is held may still be stapled until it lapses.
+    NoAnswer(String),
+    /// A valid answer that is not `good`: nothing is to be stapled any more.
+    NotGood(String),
+}
+
+impl std::fmt::Display for StapleFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NoAnswer(reason) | Self::NotGood(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<String> for StapleFailure {
+    fn from(reason: String) -> Self {
+        Self::NoAnswer(reason)
+    }
+}
+
+impl From<&str> for StapleFailure {
+    fn from(reason: &str) -> Self {
+        Self::NoAnswer(reason.to_owned())
+    }
+}
+
 /// Fetches and checks a response for the first certificate of `chain`, issued by the
 /// second, from `responder` or else the certificate's AIA OCSP URL.
 pub fn fetch(
@@ -68,7 +97,7 @@ pub fn fetch(
     responder: Option<&str>,
     fetcher: &Fetcher,
     now: i64,
-) -> Result<Staple, String> {
+) -> Result<Staple, StapleFailure> {
     let [leaf, issuer, ..] = chain else {
         return Err("cert_chain holds no issuer certificate after the leaf".into());
     };
@@ -91,16 +120,14 @@ pub fn fetch(
     )?;
     let answer = protocol::read_response(&document.body, &subject, Some(&nonce), now)?;
     if answer.state != CertState::Good {
-        return Err(format!(
+        return Err(StapleFailure::NotGood(format!(
             "{url} says the server certificate is {:?}",
             answer.state
-        ));
+        )));
     }
-    let good_until = answer
-        .next_update
-        .unwrap_or(answer.this_update + WITHOUT_NEXT_UPDATE);
+    let good_until = answer.current_until(WITHOUT_NEXT_UPDATE);
     if good_until <= now {
-        return Err(format!("{url} answered with a response no longer current"));
+        return Err(format!("{url} answered with a response no longer current").into());
     }
     Ok(Staple {
         leaf: leaf.clone().into_owned(),
