@@ -549,7 +549,8 @@ impl Metrics {
             (
                 "ocsp_no_answer",
                 "OCSP queries that ended without a valid answer (unreachable, refused, \
-                 badly signed, stale, or the certificate unknown to the responder)",
+                 badly signed, stale, or the certificate unknown to the responder), and \
+                 client certificates with no responder to ask",
                 |c| c.counts().1,
             ),
             (

@@ -350,6 +350,74 @@ fn with_the_server_responder_down_nothing_is_stapled_and_a_warning_is_logged() {
     );
 }
 
+#[test]
+fn a_server_certificate_that_cannot_be_stapled_is_a_configuration_error_naming_why() {
+    let pki = TestPki::new();
+    let aia = unreachable_url();
+    let with_aia = pki
+        .server_root
+        .issue(&CertRequest::server(&["localhost"]).ocsp_url(&aia));
+    let without_aia = pki.server_root.issue(&CertRequest::server(&["localhost"]));
+    let cases = [
+        (
+            "leaf-alone",
+            with_aia.cert_pem.clone(),
+            &with_aia,
+            "needs the issuer",
+        ),
+        (
+            "wrong-issuer",
+            format!("{}{}", with_aia.cert_pem, pki.device_ca.cert_pem),
+            &with_aia,
+            "did not issue the leaf",
+        ),
+        (
+            "no-aia",
+            format!("{}{}", without_aia.cert_pem, pki.server_root.cert_pem),
+            &without_aia,
+            "no OCSP URL",
+        ),
+    ];
+    for (name, chain, cert, expected) in cases {
+        pki.write(&format!("{name}.pem"), &chain);
+        pki.write(&format!("{name}.key"), &cert.key_pem);
+        let config = pki
+            .mtls_config(free_port(), &["127.0.0.1:9".to_owned()])
+            .replace(
+                "server_tls: {cert_chain: server.pem, private_key: server.key}",
+                &format!(
+                    "server_tls: {{cert_chain: {name}.pem, private_key: {name}.key, \
+                 ocsp_stapling: true}}"
+                ),
+            );
+        let (code, stderr) = check_config(&pki.write(&format!("{name}.yaml"), &config));
+        assert_ne!(code, Some(0), "{name}: {stderr}");
+        assert!(stderr.contains("ocsp_stapling"), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+
+    // Named by ocsp_responder instead, the leaf without AIA can be stapled; a responder
+    // without stapling is only a warning.
+    for (stapling, warned) in [(true, false), (false, true)] {
+        let config = pki
+            .mtls_config(free_port(), &["127.0.0.1:9".to_owned()])
+            .replace(
+                "server_tls: {cert_chain: server.pem, private_key: server.key}",
+                &format!(
+                    "server_tls: {{cert_chain: no-aia.pem, private_key: no-aia.key, \
+                 ocsp_stapling: {stapling}, ocsp_responder: \"{aia}\"}}"
+                ),
+            );
+        let (code, stderr) = check_config(&pki.write("responder.yaml", &config));
+        assert_eq!(code, Some(0), "{stapling}: {stderr}");
+        assert_eq!(
+            stderr.contains("ocsp_responder") && stderr.contains("is ignored"),
+            warned,
+            "{stapling}: {stderr}"
+        );
+    }
+}
+
 // --- Helpers ----------------------------------------------------------------------------
 
 /// A responder for the device CA's certificates that knows none of them yet.

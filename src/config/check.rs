@@ -212,17 +212,24 @@ fn check_device_policy(ingress: &IngressConfig, problems: &mut Problems) {
     }
     if let Some(url) = &ingress.server_tls.ocsp_responder {
         check_ocsp_url(url, "ingress.server_tls.ocsp_responder", problems);
+        if !ingress.server_tls.ocsp_stapling {
+            problems.warn(
+                "ingress.server_tls.ocsp_responder",
+                "is ignored: ocsp_stapling is not true",
+            );
+        }
     }
     if policy.mode != ClientAuthMode::Tls {
         return;
     }
     let set = !policy.client_ca_cert.as_slice().is_empty()
         || !policy.crl_files.is_empty()
-        || policy.require_crl_check;
+        || policy.require_crl_check
+        || policy.ocsp.is_some();
     if set {
         problems.warn(
             "ingress.transport_security.mode",
-            "is tls: no client certificate is asked for, and the CA and CRL settings are ignored",
+            "is tls: no client certificate is asked for, and the CA, CRL and OCSP settings are ignored",
         );
     }
 }

@@ -14,7 +14,7 @@ use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ServerConfig, SupportedProtocolVersion};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
@@ -67,6 +67,9 @@ impl TlsPolicy {
             info!(subject = %subject, "trusted client CA");
         }
         info!(count = self.initial_crls.crls.len(), "CRLs loaded");
+        if let Some(checker) = self.device.as_ref().and_then(|device| device.ocsp()) {
+            info!(policy = ?checker.policy(), "client certificates checked by OCSP");
+        }
         for crl in &self.initial_crls.summaries {
             info!(
                 issuer = %crl.issuer,
@@ -268,29 +271,29 @@ impl ServerCertificate {
             next_attempt: Mutex::new(Instant::now()),
             failures: AtomicU64::new(0),
         });
-        match load_pair(&chain, &key, &provider) {
-            Ok(certified)
-                if stapling.is_some()
-                    && !staple::can_staple(&certified.cert, tls.ocsp_responder.is_some()) =>
-            {
-                let message = "needs the issuer's certificate after the leaf in cert_chain, and an OCSP URL in the leaf's AIA extension or ocsp_responder";
-                problems.push("ingress.server_tls.ocsp_stapling", message);
-                None
-            }
-            Ok(certified) => Some(Self {
-                current: ArcSwap::from_pointee(certified),
-                chain,
-                key,
-                provider,
-                stapling,
-            }),
+        let certified = match load_pair(&chain, &key, &provider) {
+            Ok(certified) => certified,
             Err(errors) => {
                 for (field, error) in errors {
                     problems.push(&format!("ingress.server_tls.{field}"), error);
                 }
-                None
+                return None;
+            }
+        };
+        if stapling.is_some() {
+            let configured = tls.ocsp_responder.is_some();
+            if let Err(missing) = staple::can_staple(&certified.cert, configured) {
+                problems.push("ingress.server_tls.ocsp_stapling", missing);
+                return None;
             }
         }
+        Some(Self {
+            current: ArcSwap::from_pointee(certified),
+            chain,
+            key,
+            provider,
+            stapling,
+        })
     }
 
     /// Reads the certificate chain and key files again and, when they make a matching
@@ -346,14 +349,16 @@ impl ServerCertificate {
                 Err(failure) => {
                     stapling.failures.fetch_add(1, Ordering::Relaxed);
                     *lock(&stapling.next_attempt) = Instant::now() + STAPLE_RETRY;
-                    if matches!(failure, StapleFailure::NotGood(_)) {
+                    if let StapleFailure::NotGood(said) = &failure {
                         // Superseded: a good answer held is no longer the responder's word.
                         *lock(&stapling.staple) = None;
+                        error!(%said, "the server certificate is not good at its OCSP responder: replace it");
+                    } else {
+                        let stapled = lock(&stapling.staple)
+                            .as_ref()
+                            .is_some_and(|s| s.serves(&chain[0], now));
+                        warn!(error = %failure, stapled, "no fresh OCSP response for the server certificate");
                     }
-                    let stapled = lock(&stapling.staple)
-                        .as_ref()
-                        .is_some_and(|s| s.serves(&chain[0], now));
-                    warn!(error = %failure, stapled, "no fresh OCSP response for the server certificate");
                 }
             }
         }

@@ -152,12 +152,14 @@ impl OcspChecker {
         now: i64,
     ) -> Verdict {
         let Some(subject) = CertSubject::new(cert, issuer) else {
+            self.no_answer.fetch_add(1, Ordering::Relaxed);
             return Verdict::NoAnswer("the serial is too long for OCSP".into());
         };
         if let Some(verdict) = self.cached(&subject.key, now) {
             return verdict;
         }
         let Some(url) = self.responder_for(cert, issuer) else {
+            self.no_answer.fetch_add(1, Ordering::Relaxed);
             return Verdict::NoAnswer("no responder: no AIA OCSP URL and no override".into());
         };
         let query = Query { subject, url };

@@ -52,13 +52,29 @@ pub fn staple_fetcher() -> Fetcher {
 
 /// Whether a response can be asked for about the first certificate of `chain`: the issuer
 /// follows it, and a responder is named (by the config, `configured`, or the leaf's AIA).
-pub fn can_staple(chain: &[CertificateDer<'_>], configured: bool) -> bool {
-    let [leaf, _issuer, ..] = chain else {
-        return false;
+/// Otherwise, what is missing.
+pub fn can_staple(chain: &[CertificateDer<'_>], configured: bool) -> Result<(), &'static str> {
+    let [leaf, issuer, ..] = chain else {
+        return Err("needs the issuer's certificate after the leaf in cert_chain");
     };
-    configured
-        || X509Certificate::from_der(leaf.as_ref())
-            .is_ok_and(|(_, cert)| aia_ocsp_url(&cert).is_some())
+    let (Ok((_, leaf)), Ok((_, issuer))) = (
+        X509Certificate::from_der(leaf.as_ref()),
+        X509Certificate::from_der(issuer.as_ref()),
+    ) else {
+        return Err("cannot read the first two certificates of cert_chain");
+    };
+    if leaf.issuer().as_raw() != issuer.subject().as_raw()
+        || leaf.verify_signature(Some(issuer.public_key())).is_err()
+    {
+        return Err(
+            "the second certificate of cert_chain did not issue the leaf: its \
+                    issuer must follow it",
+        );
+    }
+    if !configured && aia_ocsp_url(&leaf).is_none() {
+        return Err("the leaf has no OCSP URL in its AIA extension: set ocsp_responder");
+    }
+    Ok(())
 }
 
 /// Why no staple was fetched.
