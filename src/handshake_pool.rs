@@ -1,28 +1,31 @@
-//! Threads shared by every worker for the handshake steps that may block: a client
-//! verifier waiting for an OCSP answer. A step never queues behind blocked ones while
-//! the pool can grow: a thread is added whenever the steps waiting outnumber the idle
-//! threads, up to `MAX_THREADS`, and a thread idle for `IDLE_EXIT` leaves.
+//! Each worker's threads for the handshake steps that may block: a client verifier
+//! waiting for an OCSP answer. A worker's pool threads are started by the worker, so
+//! they share its CPU when workers are pinned and the step stays on the worker's core.
+//! A step never queues behind blocked ones while the pool can grow: a thread is added
+//! whenever the steps waiting outnumber the idle threads, up to `MAX_THREADS`, and a
+//! thread idle for `IDLE_EXIT` leaves.
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use monoio::blocking::{BlockingTask, ThreadPool};
 use tracing::warn;
 
-/// The most threads at once: past this, steps queue.
+/// The most threads of one worker at once: past this, steps queue.
 const MAX_THREADS: usize = 256;
 
 /// How long a thread with nothing to do stays.
 const IDLE_EXIT: Duration = Duration::from_secs(30);
 
-/// The pool as monoio's `spawn_blocking` reaches it; made the first time it is used.
-pub struct HandshakePool;
+/// One worker's pool, as monoio's `spawn_blocking` reaches it; it starts no thread
+/// until a step needs one.
+#[derive(Default)]
+pub struct HandshakePool(Arc<Pool>);
 
 impl ThreadPool for HandshakePool {
     fn schedule_task(&self, task: BlockingTask) {
-        static POOL: OnceLock<Pool> = OnceLock::new();
-        POOL.get_or_init(Pool::default).schedule(task);
+        self.0.schedule(task);
     }
 }
 
@@ -40,13 +43,14 @@ struct State {
 }
 
 impl Pool {
-    fn schedule(&'static self, task: BlockingTask) {
+    fn schedule(self: &Arc<Self>, task: BlockingTask) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.queue.push_back(task);
         if state.queue.len() > state.idle && state.threads < MAX_THREADS {
+            let pool = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("srrrs-handshake".into())
-                .spawn(move || self.serve());
+                .spawn(move || pool.serve());
             match spawned {
                 Ok(_) => state.threads += 1,
                 Err(error) if state.threads == 0 => {
@@ -107,7 +111,7 @@ mod tests {
     fn a_step_does_not_queue_behind_blocked_ones() {
         let gate: Gate = Arc::default();
         let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .attach_thread_pool(Box::new(HandshakePool))
+            .attach_thread_pool(Box::new(HandshakePool::default()))
             .build()
             .expect("runtime");
         let took = runtime.block_on(async {

@@ -462,13 +462,13 @@ fn build_runtime(choice: IoDriverChoice) -> Result<WorkerRuntime, String> {
     let uring = || {
         RuntimeBuilder::<IoUringDriver>::new()
             .enable_timer()
-            .attach_thread_pool(Box::new(HandshakePool))
+            .attach_thread_pool(Box::new(HandshakePool::default()))
             .build()
     };
     let epoll = || {
         RuntimeBuilder::<LegacyDriver>::new()
             .enable_timer()
-            .attach_thread_pool(Box::new(HandshakePool))
+            .attach_thread_pool(Box::new(HandshakePool::default()))
             .build()
     };
     match choice {
