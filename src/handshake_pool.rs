@@ -6,6 +6,7 @@
 //! thread idle for `IDLE_EXIT` leaves.
 
 use std::collections::VecDeque;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -20,8 +21,23 @@ const IDLE_EXIT: Duration = Duration::from_secs(30);
 
 /// One worker's pool, as monoio's `spawn_blocking` reaches it; it starts no thread
 /// until a step needs one.
-#[derive(Default)]
 pub struct HandshakePool(Arc<Pool>);
+
+impl Default for HandshakePool {
+    fn default() -> Self {
+        Self::with_most(MAX_THREADS)
+    }
+}
+
+impl HandshakePool {
+    fn with_most(threads: usize) -> Self {
+        Self(Arc::new(Pool {
+            state: Mutex::default(),
+            ready: Condvar::new(),
+            most: threads,
+        }))
+    }
+}
 
 impl ThreadPool for HandshakePool {
     fn schedule_task(&self, task: BlockingTask) {
@@ -29,10 +45,10 @@ impl ThreadPool for HandshakePool {
     }
 }
 
-#[derive(Default)]
 struct Pool {
     state: Mutex<State>,
     ready: Condvar,
+    most: usize,
 }
 
 #[derive(Default)]
@@ -46,7 +62,7 @@ impl Pool {
     fn schedule(self: &Arc<Self>, task: BlockingTask) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.queue.push_back(task);
-        if state.queue.len() > state.idle && state.threads < MAX_THREADS {
+        if state.queue.len() > state.idle && state.threads < self.most {
             let pool = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("srrrs-handshake".into())
@@ -70,7 +86,9 @@ impl Pool {
         loop {
             if let Some(task) = state.queue.pop_front() {
                 drop(state);
-                task.run();
+                // A step that panics fails its own handshake (see `tls::stream`); the
+                // thread stays, and stays counted.
+                let _ = panic::catch_unwind(AssertUnwindSafe(|| task.run()));
                 state = self.state.lock().unwrap_or_else(|p| p.into_inner());
                 continue;
             }
@@ -105,6 +123,20 @@ mod tests {
         let _ = opened
             .wait_timeout_while(open, Duration::from_secs(20), |open| !*open)
             .unwrap();
+    }
+
+    #[test]
+    fn a_step_that_panics_does_not_take_its_thread_along() {
+        let mut runtime = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .attach_thread_pool(Box::new(HandshakePool::with_most(1)))
+            .build()
+            .expect("runtime");
+        let answer = runtime.block_on(async {
+            // Its handle never resolves: monoio leaves a panicked step unfinished.
+            drop(monoio::spawn_blocking(|| panic!("a step that panics")));
+            monoio::spawn_blocking(|| 42).await.expect("ran")
+        });
+        assert_eq!(answer, 42);
     }
 
     #[test]

@@ -239,11 +239,13 @@ fn check_ocsp(ocsp: &OcspConfig, problems: &mut Problems) {
     if ocsp.timeout.is_zero() || ocsp.timeout > Duration::from_secs(30) {
         problems.push(&field("timeout"), "must be between 1ms and 30s");
     }
-    if ocsp.max_age < Duration::from_secs(1) {
-        problems.push(&field("max_age"), "must be at least 1s");
+    if ocsp.max_age < Duration::from_secs(1) || ocsp.max_age > Duration::from_secs(7 * 86400) {
+        problems.push(&field("max_age"), "must be between 1s and 7d");
     }
-    if ocsp.retry_interval < Duration::from_millis(100) {
-        problems.push(&field("retry_interval"), "must be at least 100ms");
+    if ocsp.retry_interval < Duration::from_millis(100)
+        || ocsp.retry_interval > Duration::from_secs(3600)
+    {
+        problems.push(&field("retry_interval"), "must be between 100ms and 1h");
     }
     for (index, responder) in ocsp.responders.iter().enumerate() {
         check_ocsp_url(

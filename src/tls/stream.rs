@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::io::{self, BufRead, Write};
+use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -247,14 +248,29 @@ impl Handshake {
         let input = std::mem::take(&mut self.input);
         let notes = self.notes.detach();
         let fed = monoio::spawn_blocking(move || {
-            let (processed, notes) = handshake_notes::within_detached(notes, || {
-                ocsp::allow_waiting(|| feed(&mut conn, &input))
-            });
-            (conn, input, processed, notes)
+            // A panic in the step ends this handshake, here, rather than leaving it to
+            // wait for a result that never comes.
+            panic::catch_unwind(AssertUnwindSafe(move || {
+                let (processed, notes) = handshake_notes::within_detached(notes, || {
+                    ocsp::allow_waiting(|| feed(&mut conn, &input))
+                });
+                (conn, input, processed, notes)
+            }))
         })
         .await;
-        let Ok((conn, input, processed, notes)) = fed else {
-            return Err(self.failure(HandshakeRefusal::PeerClosed, "the handshake pool is gone"));
+        let (conn, input, processed, notes) = match fed {
+            Ok(Ok(fed)) => fed,
+            Ok(Err(_)) => {
+                tracing::error!("a handshake step panicked on the handshake pool");
+                return Err(
+                    self.failure(HandshakeRefusal::ProtocolError, "the handshake step failed")
+                );
+            }
+            Err(_) => {
+                return Err(
+                    self.failure(HandshakeRefusal::PeerClosed, "the handshake pool is gone")
+                );
+            }
         };
         self.input = input;
         self.notes.adopt(notes);

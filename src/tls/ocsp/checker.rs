@@ -6,7 +6,7 @@
 //! reaches live connections.
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -27,6 +27,9 @@ const MAX_ANSWERS: usize = 100_000;
 
 /// The most queries in flight at once; past this, a certificate has no answer.
 const MAX_IN_FLIGHT: usize = 64;
+
+/// The most of those the background refresh may use: the rest are kept for handshakes.
+const MAX_REFRESHING: usize = MAX_IN_FLIGHT / 2;
 
 /// The largest response accepted.
 const MAX_RESPONSE: u64 = 64 * 1024;
@@ -72,6 +75,8 @@ pub struct OcspChecker {
     /// Under soft-fail, the certificates admitted without an answer, with when a
     /// handshake last asked: asked about again until they have one.
     unanswered: Mutex<HashMap<[u8; 32], (Query, i64)>>,
+    /// When the full cache was last swept of lapsed answers.
+    last_sweep: AtomicI64,
     /// Whether a certificate has been found revoked since `refresh` last looked; the
     /// refresh thread is woken when it is.
     revoked_found: Mutex<bool>,
@@ -125,6 +130,7 @@ impl OcspChecker {
             arrived: Condvar::new(),
             down: Mutex::new(HashMap::new()),
             unanswered: Mutex::new(HashMap::new()),
+            last_sweep: AtomicI64::new(0),
             revoked_found: Mutex::new(false),
             revocation: Condvar::new(),
             sent: AtomicU64::new(0),
@@ -179,7 +185,7 @@ impl OcspChecker {
         if let Some(error) = self.failure_of(&query.url) {
             return Verdict::NoAnswer(error);
         }
-        self.ask(query.clone());
+        self.ask(query.clone(), MAX_IN_FLIGHT);
         if !MAY_WAIT.with(Cell::get) {
             return Verdict::NoAnswer("the answer is still on its way".into());
         }
@@ -201,7 +207,13 @@ impl OcspChecker {
     /// ones. Returns whether a certificate has since been found
     /// revoked that was not known revoked before (once per finding).
     pub fn refresh(self: &Arc<Self>, now: i64) -> bool {
+        let down = self.responders_down();
         let mut due = Vec::new();
+        let mut wanted = |query: &Query| {
+            if due.len() < MAX_REFRESHING && !down.contains(&query.url) {
+                due.push(query.clone());
+            }
+        };
         self.answers.retain(|_, cached| {
             let used = cached.last_used.load(Ordering::Relaxed) >= now - self.max_age;
             let lifetime = cached.good_until.saturating_sub(cached.fetched);
@@ -209,7 +221,7 @@ impl OcspChecker {
                 && cached.state != CertState::Revoked
                 && now >= cached.fetched + lifetime / 4 * 3
             {
-                due.push(cached.query.clone());
+                wanted(&cached.query);
             }
             cached.good_until > now || used
         });
@@ -217,15 +229,13 @@ impl OcspChecker {
         unanswered.retain(|key, (query, asked)| {
             let open = !self.answers.contains_key(key) && *asked >= now - self.max_age;
             if open {
-                due.push(query.clone());
+                wanted(query);
             }
             open
         });
         drop(unanswered);
         for query in due {
-            if self.failure_of(&query.url).is_none() {
-                self.ask(query);
-            }
+            self.ask(query, MAX_REFRESHING);
         }
         std::mem::take(&mut *self.revoked_found.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -288,6 +298,16 @@ impl OcspChecker {
         aia_ocsp_url(cert)
     }
 
+    /// The responders that failed within the retry interval.
+    fn responders_down(&self) -> HashSet<String> {
+        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        (down.iter())
+            .filter(|(_, (until, _))| now < *until)
+            .map(|(url, _)| url.clone())
+            .collect()
+    }
+
     /// Why `url` is not to be asked now, if it failed within the retry interval.
     fn failure_of(&self, url: &str) -> Option<String> {
         let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
@@ -295,21 +315,34 @@ impl OcspChecker {
         (Instant::now() < *until).then(|| error.clone())
     }
 
-    /// Starts a query unless one for the same certificate is in flight.
-    fn ask(self: &Arc<Self>, query: Query) {
+    /// Starts a query unless one for the same certificate is in flight, or `limit`
+    /// queries are.
+    fn ask(self: &Arc<Self>, query: Query, limit: usize) {
+        let key = query.subject.key;
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        if in_flight.contains_key(&query.subject.key) || in_flight.len() >= MAX_IN_FLIGHT {
+        if in_flight.contains_key(&key) || in_flight.len() >= limit {
             return;
         }
-        in_flight.insert(query.subject.key, query.clone());
+        in_flight.insert(key, query.clone());
         drop(in_flight);
         let checker = self.clone();
         let spawned = std::thread::Builder::new()
             .name("srrrs-ocsp".into())
-            .spawn(move || checker.run(query));
+            .spawn(move || {
+                let _done = Landed(&checker, key);
+                checker.run(query);
+            });
         if let Err(error) = spawned {
             warn!(%error, "could not start an OCSP query");
+            self.land(&key);
         }
+    }
+
+    /// Takes a query off the in-flight set and wakes those waiting for it.
+    fn land(&self, key: &[u8; 32]) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        in_flight.remove(key);
+        self.arrived.notify_all();
     }
 
     fn wait_for(&self, key: &[u8; 32]) {
@@ -327,11 +360,12 @@ impl OcspChecker {
         }
     }
 
-    /// One query, on its own thread: sent, read, checked, cached.
+    /// One query, on its own thread: sent, read, checked, cached. (Taken off the
+    /// in-flight set by the caller's guard, even if this panics.)
     fn run(&self, query: Query) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         match self.exchange(&query) {
-            Ok(answer) => self.keep(query.clone(), answer),
+            Ok((answer, now)) => self.keep(query, answer, now),
             Err(error) => {
                 self.no_answer.fetch_add(1, Ordering::Relaxed);
                 warn!(url = %query.url, %error, "OCSP: no valid answer");
@@ -339,12 +373,10 @@ impl OcspChecker {
                 down.insert(query.url.clone(), (Instant::now() + self.retry, error));
             }
         }
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
-        in_flight.remove(&query.subject.key);
-        self.arrived.notify_all();
     }
 
-    fn exchange(&self, query: &Query) -> Result<protocol::Answer, String> {
+    /// The answer to `query`, and when it was read.
+    fn exchange(&self, query: &Query) -> Result<(protocol::Answer, i64), String> {
         let mut nonce = [0u8; 16];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness for a nonce")?;
         let request = query.subject.request(&nonce)?;
@@ -362,11 +394,10 @@ impl OcspChecker {
         if answer.state != CertState::Revoked && answer.current_until(self.max_age) <= now {
             return Err(format!("{}: the answer is no longer current", query.url));
         }
-        Ok(answer)
+        Ok((answer, now))
     }
 
-    fn keep(&self, query: Query, answer: protocol::Answer) {
-        let now = unix_now();
+    fn keep(&self, query: Query, answer: protocol::Answer, now: i64) {
         // A revocation is for good (RFC 5280 §5.3.1; certificateHold, the one way back,
         // is not honoured): kept for as long as the checker lives, until a reload.
         let good_until = match answer.state {
@@ -377,13 +408,10 @@ impl OcspChecker {
             self.no_answer.fetch_add(1, Ordering::Relaxed);
         }
         debug!(url = %query.url, state = ?answer.state, good_until, "OCSP answer");
-        if self.answers.len() >= MAX_ANSWERS {
-            self.answers.retain(|_, cached| cached.good_until > now);
-            if self.answers.len() >= MAX_ANSWERS {
-                return;
-            }
-        }
         let key = query.subject.key;
+        if !self.answers.contains_key(&key) && self.answers.len() >= MAX_ANSWERS {
+            self.make_room(now);
+        }
         let cached = Cached {
             state: answer.state,
             fetched: now,
@@ -392,14 +420,42 @@ impl OcspChecker {
             query,
         };
         // A first answer may be about a certificate in use too: one admitted under
-        // soft-fail.
+        // soft-fail without one. Devices refused so far are not in use.
         let previous = self.answers.insert(key, cached);
-        if answer.state == CertState::Revoked
-            && previous.is_none_or(|previous| previous.state != CertState::Revoked)
-        {
+        let in_use = match previous {
+            Some(previous) => previous.state != CertState::Revoked,
+            None => (self.unanswered.lock().unwrap_or_else(|p| p.into_inner())).contains_key(&key),
+        };
+        if answer.state == CertState::Revoked && in_use {
             *self.revoked_found.lock().unwrap_or_else(|p| p.into_inner()) = true;
             self.revocation.notify_all();
         }
+    }
+    /// With the cache full: drops the lapsed answers (at most once a second), then, if
+    /// none had, one answer that is not `revoked`: a revocation is never forgotten, a
+    /// good answer dropped is asked for again.
+    fn make_room(&self, now: i64) {
+        if self.last_sweep.swap(now, Ordering::Relaxed) < now {
+            self.answers.retain(|_, cached| cached.good_until > now);
+        }
+        if self.answers.len() < MAX_ANSWERS {
+            return;
+        }
+        let victim = (self.answers.iter())
+            .find(|entry| entry.state != CertState::Revoked)
+            .map(|entry| *entry.key());
+        if let Some(victim) = victim {
+            self.answers.remove(&victim);
+        }
+    }
+}
+
+/// Takes a query off the in-flight set when dropped, however its thread ends.
+struct Landed<'a>(&'a OcspChecker, [u8; 32]);
+
+impl Drop for Landed<'_> {
+    fn drop(&mut self) {
+        self.0.land(&self.1);
     }
 }
 

@@ -12,7 +12,8 @@ use super::checker::aia_ocsp_url;
 use super::protocol::{self, CertState, CertSubject};
 use crate::fetch::Fetcher;
 
-/// The longest a response without a nextUpdate is stapled.
+/// The longest a response without a nextUpdate is stapled, and the longest a staple is
+/// kept before it is asked for again.
 const WITHOUT_NEXT_UPDATE: i64 = 3600;
 
 /// A response to staple.
@@ -34,9 +35,11 @@ impl Staple {
         self.leaf.as_ref() == leaf.as_ref() && now < self.good_until
     }
 
-    /// Whether a new one should be fetched: halfway through its life.
+    /// Whether a new one should be fetched: halfway through its life, and at least
+    /// hourly, so that a revocation is learned even when the nextUpdate is far off.
     pub fn is_due(&self, now: i64) -> bool {
-        now >= self.fetched + (self.good_until - self.fetched) / 2
+        let half_life = (self.good_until - self.fetched) / 2;
+        now >= self.fetched + half_life.min(WITHOUT_NEXT_UPDATE)
     }
 }
 
@@ -135,15 +138,16 @@ pub fn fetch(
         "application/ocsp-response",
     )?;
     let answer = protocol::read_response(&document.body, &subject, Some(&nonce), now)?;
+    let good_until = answer.current_until(WITHOUT_NEXT_UPDATE);
+    if good_until <= now && answer.state != CertState::Revoked {
+        // Not news: an old answer (a replay) takes nothing off.
+        return Err(format!("{url} answered with a response no longer current").into());
+    }
     if answer.state != CertState::Good {
         return Err(StapleFailure::NotGood(format!(
             "{url} says the server certificate is {:?}",
             answer.state
         )));
-    }
-    let good_until = answer.current_until(WITHOUT_NEXT_UPDATE);
-    if good_until <= now {
-        return Err(format!("{url} answered with a response no longer current").into());
     }
     Ok(Staple {
         leaf: leaf.clone().into_owned(),
