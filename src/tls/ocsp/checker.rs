@@ -419,12 +419,12 @@ impl OcspChecker {
             last_used: AtomicI64::new(now),
             query,
         };
-        // A first answer may be about a certificate in use too: one admitted under
-        // soft-fail without one. Devices refused so far are not in use.
+        // A first answer may be about a certificate in use too, under soft-fail, which
+        // admits a device without one. Under hard-fail such a device was refused.
         let previous = self.answers.insert(key, cached);
         let in_use = match previous {
             Some(previous) => previous.state != CertState::Revoked,
-            None => (self.unanswered.lock().unwrap_or_else(|p| p.into_inner())).contains_key(&key),
+            None => self.policy == OcspPolicy::SoftFail,
         };
         if answer.state == CertState::Revoked && in_use {
             *self.revoked_found.lock().unwrap_or_else(|p| p.into_inner()) = true;
