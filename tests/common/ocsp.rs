@@ -112,3 +112,13 @@ pub fn s_client_status(pki: &TestPki, gateway: &Gateway) -> String {
         .expect("openssl is installed");
     String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
 }
+
+/// Asserts that the gateway says it staples nothing, and that a handshake gets no staple.
+pub fn assert_nothing_stapled(pki: &TestPki, gateway: &Gateway) {
+    assert_eq!(gateway.metric_or_zero(STAPLE), 0.0);
+    let report = s_client_status(pki, gateway);
+    assert!(
+        report.contains("OCSP response: no response sent"),
+        "{report}"
+    );
+}
