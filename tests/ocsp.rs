@@ -91,6 +91,58 @@ fn a_good_certificate_is_admitted_and_its_answer_serves_the_next_full_handshake(
 }
 
 #[test]
+fn with_pinned_workers_the_handshake_pool_threads_run_on_their_workers_cpus() {
+    let pki = TestPki::new();
+    let responder = device_responder(&pki, OcspSigner::Issuer);
+    let cert = good_device(&pki, &responder, "device-pinned");
+    let pinned = |config: String| {
+        without_resumption(config.replace(
+            "runtime: {workers: 2}",
+            "runtime: {workers: 2, pin_workers: true}",
+        ))
+    };
+    let (_backend, gateway) = start_checking(&pki, &[HARD_FAIL], pinned);
+    let client = Client::new(&pki, Some(&cert));
+    for _ in 0..8 {
+        assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    }
+
+    // Each thread's name and the CPUs it may run on, from /proc.
+    let threads: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{}/task", gateway.pid()))
+        .expect("the gateway's threads")
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let cpus = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+            Some((name.trim().to_owned(), cpus.trim().to_owned()))
+        })
+        .collect();
+    let cpus_of = |prefix: &str| -> Vec<&str> {
+        (threads.iter())
+            .filter(|(name, _)| name.starts_with(prefix))
+            .map(|(_, cpus)| cpus.as_str())
+            .collect()
+    };
+    let workers = cpus_of("edge-worker");
+    let pool = cpus_of("srrrs-handshake");
+    assert_eq!(workers.len(), 2, "{threads:?}");
+    assert!(!pool.is_empty(), "no handshake pool thread: {threads:?}");
+    for cpus in pool {
+        assert!(
+            workers.contains(&cpus),
+            "{cpus} is no worker's CPU: {threads:?}"
+        );
+    }
+    assert!(
+        workers.iter().all(|cpus| !cpus.contains(['-', ','])),
+        "{workers:?}"
+    );
+}
+
+#[test]
 fn a_certificate_revoked_at_the_responder_is_refused_with_certificate_revoked() {
     let pki = TestPki::new();
     let responder = device_responder(&pki, OcspSigner::Issuer);

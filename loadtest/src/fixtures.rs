@@ -22,9 +22,6 @@ pub const AUDIENCE: &str = "api-gateway";
 /// How long the fixture CRLs stay valid.
 const CRL_VALIDITY: Duration = Duration::days(7);
 
-/// How long the fixture devices stay valid (from yesterday).
-const DEVICE_VALIDITY: Duration = Duration::days(30);
-
 /// Writes the fixtures into `dir`, with token pools of `pool` distinct tokens and a
 /// series of `revocations` devices revoked one more at a time.
 pub fn write(dir: &Path, pool: usize, revocations: usize) -> Result<(), String> {
@@ -63,16 +60,9 @@ impl Out<'_> {
 /// one (`revoked`), `crl.pem`, the CRLs of both CAs, which revokes it, and the device
 /// CA for an OCSP responder. Returns the revoked device.
 fn write_pki(out: &Out, root: &Authority, device_ca: &Authority) -> Result<IssuedCert, String> {
-    let now = OffsetDateTime::now_utc();
-    let (from, until) = (now - Duration::days(1), now + DEVICE_VALIDITY);
     let server = root.issue(&CertRequest::server(&["localhost", "127.0.0.1"]));
-    let device = device_ca.issue(
-        &CertRequest::client("edge-load-device")
-            .key(KeyKind::EcdsaP256)
-            .valid(from, until),
-    );
-    let revoked =
-        device_ca.issue(&CertRequest::client("edge-load-revoked-device").valid(from, until));
+    let device = device_ca.issue(&CertRequest::client("edge-load-device").key(KeyKind::EcdsaP256));
+    let revoked = device_ca.issue(&CertRequest::client("edge-load-revoked-device"));
     out.put("ca.pem", &root.cert_pem)?;
     out.put("server.pem", &server.chain_pem)?;
     out.put("server.key", &server.key_pem)?;
@@ -83,47 +73,29 @@ fn write_pki(out: &Out, root: &Authority, device_ca: &Authority) -> Result<Issue
     out.put_device("client", &device)?;
     out.put_device("revoked", &revoked)?;
     out.put("crl.pem", &crls(root, device_ca, &[&revoked], 0))?;
-    write_ocsp_responder_files(out, device_ca, &device, &revoked, until)?;
+    write_ocsp_responder_files(out, device_ca, &device, &revoked)?;
     Ok(revoked)
 }
 
 /// What `openssl ocsp` needs to answer for the device CA as the CA itself:
 /// `device-ca.pem`, `device-ca.key`, and `ocsp-index.txt`, an OpenSSL CA index that
-/// lists `device` as valid and `revoked` as revoked an hour ago (both expiring at
-/// `until`). The index lists no other device: a responder using it answers `unknown`
-/// for them.
+/// lists `device` as valid and `revoked` as revoked an hour ago. The index lists no
+/// other device: a responder using it answers `unknown` for them.
 fn write_ocsp_responder_files(
     out: &Out,
     device_ca: &Authority,
     device: &IssuedCert,
     revoked: &IssuedCert,
-    until: OffsetDateTime,
 ) -> Result<(), String> {
     out.put("device-ca.pem", &device_ca.cert_pem)?;
     out.put("device-ca.key", &device_ca.key_pem())?;
-    let expires = index_time(until);
-    let revoked_at = index_time(OffsetDateTime::now_utc() - Duration::hours(1));
+    let revoked_at = OffsetDateTime::now_utc() - Duration::hours(1);
     let index = format!(
-        "V\t{expires}\t\t{}\tunknown\t/O=srrrs dev PKI/CN=edge-load-device\n\
-         R\t{expires}\t{revoked_at},keyCompromise\t{}\tunknown\t\
-         /O=srrrs dev PKI/CN=edge-load-revoked-device\n",
-        device.serial_hex(),
-        revoked.serial_hex(),
+        "{}\n{}\n",
+        device.openssl_index_line(None),
+        revoked.openssl_index_line(Some(revoked_at)),
     );
     out.put("ocsp-index.txt", &index)
-}
-
-/// A time as OpenSSL's CA index writes it: UTCTime, `YYMMDDHHMMSSZ`.
-fn index_time(at: OffsetDateTime) -> String {
-    format!(
-        "{:02}{:02}{:02}{:02}{:02}{:02}Z",
-        at.year() % 100,
-        u8::from(at.month()),
-        at.day(),
-        at.hour(),
-        at.minute(),
-        at.second()
-    )
 }
 
 /// Devices refused whatever the CRLs say: `expired-client` (from the trusted device CA,

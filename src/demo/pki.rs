@@ -11,6 +11,8 @@ use rcgen::{
 };
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::x509::X509Name;
 
 /// The key algorithms certificates can be made with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,6 +200,48 @@ impl IssuedCert {
             hex
         }
     }
+
+    /// Its line in an OpenSSL CA index (what `openssl ocsp -index` answers from): valid,
+    /// or revoked at `revoked_at`; expiry, serial and subject as OpenSSL writes them,
+    /// separated by tabs.
+    pub fn openssl_index_line(&self, revoked_at: Option<OffsetDateTime>) -> String {
+        let (_, parsed) =
+            X509Certificate::from_der(&self.der).expect("a certificate this PKI issued parses");
+        let expiry = index_time(parsed.validity().not_after.to_datetime());
+        let (flag, revoked_at) = match revoked_at {
+            None => ("V", String::new()),
+            Some(at) => ("R", index_time(at)),
+        };
+        let serial = self.serial_hex();
+        let subject = index_subject(parsed.subject());
+        format!("{flag}\t{expiry}\t{revoked_at}\t{serial}\tunknown\t{subject}")
+    }
+}
+
+/// A name as OpenSSL's index writes it: `/O=srrrs dev PKI/CN=device-good`.
+fn index_subject(name: &X509Name) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    name.iter_attributes()
+        .map(|attribute| {
+            let short = x509_parser::objects::oid2abbrev(attribute.attr_type(), registry)
+                .unwrap_or("UNDEF");
+            format!("/{short}={}", attribute.as_str().unwrap_or_default())
+        })
+        .collect()
+}
+
+/// A time as OpenSSL's index writes it: UTCTime, `YYMMDDHHMMSSZ`.
+fn index_time(moment: OffsetDateTime) -> String {
+    let utc = moment.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+        utc.year() % 100,
+        u8::from(utc.month()),
+        utc.day(),
+        utc.hour(),
+        utc.minute(),
+        utc.second()
+    )
 }
 
 /// A certificate authority that can issue certificates and CRLs.

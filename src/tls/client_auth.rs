@@ -242,16 +242,19 @@ impl DeviceVerifier {
         };
         let bad = Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
         let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|_| bad.clone())?;
-        let issuer = intermediates
-            .iter()
+        let mut named: Vec<X509Certificate<'_>> = (intermediates.iter())
             .chain(&self.trusted_cas)
             .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, c)| c))
-            .find(|candidate| {
-                candidate.subject().as_raw() == cert.issuer().as_raw()
-                    && cert.verify_signature(Some(candidate.public_key())).is_ok()
-            });
-        let verdict = match issuer {
-            Some(issuer) => checker.status(&cert, &issuer, now),
+            .filter(|candidate| candidate.subject().as_raw() == cert.issuer().as_raw())
+            .collect();
+        // webpki has just checked the leaf's signature against a certificate of this
+        // name: when only one is at hand, that is the issuer. Several (a device may send
+        // a look-alike) are told apart by the signature.
+        if named.len() > 1 {
+            named.retain(|candidate| cert.verify_signature(Some(candidate.public_key())).is_ok());
+        }
+        let verdict = match named.first() {
+            Some(issuer) => checker.status(&cert, issuer, now),
             None => Verdict::NoAnswer("the issuer's certificate is not at hand".into()),
         };
         match verdict {

@@ -20,3 +20,13 @@ pub use identity::ClientIdentity;
 pub use refusal::HandshakeRefusal;
 pub use server::{ServerCertificate, TlsPolicy, ALPN_HTTP11};
 pub use trust::{describe_time, unix_now};
+
+use std::sync::{Mutex, MutexGuard};
+
+/// Locks `mutex`, whose holders leave it consistent at every step: a thread that
+/// panicked while holding it poisons nothing the next holder relies on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

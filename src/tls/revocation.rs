@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
 use tracing::warn;
 use x509_parser::prelude::{CertificateRevocationList, FromDer, X509Certificate};
 
-use super::{identity, pem};
+use super::{identity, lock, pem};
 use crate::fetch::Fetcher;
 
 /// The largest CRL accepted from a URL.
@@ -200,7 +200,7 @@ impl RevocationSources {
         for path in &self.files {
             set.load_file(path)?;
         }
-        let mut fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fetched = lock(&self.fetched);
         for url in &self.urls {
             if fetch {
                 // A copy is kept only once it reads as CRLs signed by their issuers: a
@@ -239,7 +239,7 @@ impl RevocationSources {
 
     /// The CRL URLs that have no good copy yet.
     pub fn urls_without_copy(&self) -> Vec<String> {
-        let fetched = self.fetched.lock().unwrap_or_else(|p| p.into_inner());
+        let fetched = lock(&self.fetched);
         self.urls
             .iter()
             .filter(|url| !fetched.contains_key(*url))

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -21,10 +21,10 @@ use x509_parser::time::ASN1Time;
 
 use super::client_auth::{DeviceOcsp, DeviceVerifier};
 use super::ocsp::staple::{self, Staple, StapleFailure};
-use super::pem;
 use super::revocation::{RevocationSet, RevocationSources};
 use super::tickets::{TicketKeyRing, TicketKeySource, Ticketer};
 use super::trust::{self, describe_time, unix_now, TrustStore};
+use super::{lock, pem};
 use crate::config::{ClientAuthMode, IngressSource, Problems, TlsVersion};
 use crate::fetch::Fetcher;
 use crate::reload::FileStamp;
@@ -336,12 +336,7 @@ impl ServerCertificate {
             .as_ref()
             .is_none_or(|staple| !staple.serves(&chain[0], now) || staple.is_due(now));
         if due && Instant::now() >= *lock(&stapling.next_attempt) {
-            match staple::fetch(
-                &chain,
-                stapling.responder.as_deref(),
-                &stapling.fetcher,
-                now,
-            ) {
+            match staple::fetch(&chain, stapling.responder.as_deref(), &stapling.fetcher) {
                 Ok(staple) => {
                     info!(good_until = %describe_time(Some(staple.good_until)), "OCSP response for the server certificate stapled");
                     *lock(&stapling.staple) = Some(staple);
@@ -398,12 +393,6 @@ impl ServerCertificate {
     pub fn leaf(&self) -> Option<CertificateDer<'static>> {
         self.current.load().cert.first().cloned()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The most certificates a server chain may hold; more make handshakes that many

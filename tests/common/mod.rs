@@ -1420,46 +1420,13 @@ fn write_index(prefix: &Path, lines: &BTreeMap<String, String>) {
     std::fs::rename(&staged, with_suffix(prefix, "-index.txt")).expect("replace OCSP index");
 }
 
-/// One line of an OpenSSL CA index: status, expiry, revocation time (empty unless
-/// revoked), serial, file name (`unknown`), subject; separated by tabs.
+/// The index line for `cert` saying `status` (revoked an hour ago).
 fn index_line(cert: &IssuedCert, status: OcspStatus) -> String {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, parsed) = X509Certificate::from_der(&cert.der).expect("certificate");
-    let expiry = index_time(parsed.validity().not_after.to_datetime());
-    let subject = index_subject(parsed.subject());
-    let an_hour_ago = OffsetDateTime::now_utc() - Span::hours(1);
-    let (flag, revoked_at) = match status {
-        OcspStatus::Good => ("V", String::new()),
-        OcspStatus::Revoked => ("R", index_time(an_hour_ago)),
+    let revoked_at = match status {
+        OcspStatus::Good => None,
+        OcspStatus::Revoked => Some(OffsetDateTime::now_utc() - Span::hours(1)),
     };
-    let serial = cert.serial_hex();
-    format!("{flag}\t{expiry}\t{revoked_at}\t{serial}\tunknown\t{subject}")
-}
-
-/// A name as OpenSSL's index writes it: `/O=srrrs dev PKI/CN=device-good`.
-fn index_subject(name: &x509_parser::x509::X509Name) -> String {
-    let registry = x509_parser::objects::oid_registry();
-    name.iter_attributes()
-        .map(|attribute| {
-            let short = x509_parser::objects::oid2abbrev(attribute.attr_type(), registry)
-                .unwrap_or("UNDEF");
-            format!("/{short}={}", attribute.as_str().unwrap_or_default())
-        })
-        .collect()
-}
-
-/// `YYMMDDHHMMSSZ`, in UTC.
-fn index_time(moment: OffsetDateTime) -> String {
-    let utc = moment.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:02}{:02}{:02}{:02}{:02}{:02}Z",
-        utc.year() % 100,
-        u8::from(utc.month()),
-        utc.day(),
-        utc.hour(),
-        utc.minute(),
-        utc.second()
-    )
+    cert.openssl_index_line(revoked_at)
 }
 
 /// Starts `openssl ocsp` on `port` with the files under `prefix`, and waits until it

@@ -20,6 +20,7 @@ use x509_parser::prelude::X509Certificate;
 use super::protocol::{self, CertState, CertSubject};
 use crate::config::{OcspConfig, OcspPolicy};
 use crate::fetch::Fetcher;
+use crate::tls::lock;
 use crate::tls::trust::unix_now;
 
 /// The most answers kept; past this, expired ones are dropped and new ones not kept.
@@ -171,7 +172,7 @@ impl OcspChecker {
         let query = Query { subject, url };
         let verdict = self.answer_to(&query);
         if matches!(verdict, Verdict::NoAnswer(_)) && self.policy == OcspPolicy::SoftFail {
-            let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+            let mut unanswered = lock(&self.unanswered);
             if unanswered.len() < MAX_ANSWERS {
                 unanswered.insert(query.subject.key, (query, now));
             }
@@ -225,7 +226,7 @@ impl OcspChecker {
             }
             cached.good_until > now || used
         });
-        let mut unanswered = self.unanswered.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unanswered = lock(&self.unanswered);
         unanswered.retain(|key, (query, asked)| {
             let open = !self.answers.contains_key(key) && *asked >= now - self.max_age;
             if open {
@@ -237,12 +238,12 @@ impl OcspChecker {
         for query in due {
             self.ask(query, MAX_REFRESHING);
         }
-        std::mem::take(&mut *self.revoked_found.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *lock(&self.revoked_found))
     }
 
     /// Sleeps for `most`, or less when a certificate is found revoked meanwhile.
     pub fn pause(&self, most: Duration) {
-        let found = self.revoked_found.lock().unwrap_or_else(|p| p.into_inner());
+        let found = lock(&self.revoked_found);
         let _ = self
             .revocation
             .wait_timeout_while(found, most, |found| !*found);
@@ -300,7 +301,7 @@ impl OcspChecker {
 
     /// The responders that failed within the retry interval.
     fn responders_down(&self) -> HashSet<String> {
-        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let down = lock(&self.down);
         let now = Instant::now();
         (down.iter())
             .filter(|(_, (until, _))| now < *until)
@@ -310,7 +311,7 @@ impl OcspChecker {
 
     /// Why `url` is not to be asked now, if it failed within the retry interval.
     fn failure_of(&self, url: &str) -> Option<String> {
-        let down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let down = lock(&self.down);
         let (until, error) = down.get(url)?;
         (Instant::now() < *until).then(|| error.clone())
     }
@@ -319,7 +320,7 @@ impl OcspChecker {
     /// queries are.
     fn ask(self: &Arc<Self>, query: Query, limit: usize) {
         let key = query.subject.key;
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = lock(&self.in_flight);
         if in_flight.contains_key(&key) || in_flight.len() >= limit {
             return;
         }
@@ -340,14 +341,14 @@ impl OcspChecker {
 
     /// Takes a query off the in-flight set and wakes those waiting for it.
     fn land(&self, key: &[u8; 32]) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = lock(&self.in_flight);
         in_flight.remove(key);
         self.arrived.notify_all();
     }
 
     fn wait_for(&self, key: &[u8; 32]) {
         let deadline = Instant::now() + self.timeout;
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = lock(&self.in_flight);
         while in_flight.contains_key(key) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -364,37 +365,15 @@ impl OcspChecker {
     /// in-flight set by the caller's guard, even if this panics.)
     fn run(&self, query: Query) {
         self.sent.fetch_add(1, Ordering::Relaxed);
-        match self.exchange(&query) {
-            Ok((answer, now)) => self.keep(query, answer, now),
+        match protocol::ask(&self.fetcher, &query.url, &query.subject, self.max_age) {
+            Ok(reply) => self.keep(query, reply.answer, reply.read_at),
             Err(error) => {
                 self.no_answer.fetch_add(1, Ordering::Relaxed);
                 warn!(url = %query.url, %error, "OCSP: no valid answer");
-                let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+                let mut down = lock(&self.down);
                 down.insert(query.url.clone(), (Instant::now() + self.retry, error));
             }
         }
-    }
-
-    /// The answer to `query`, and when it was read.
-    fn exchange(&self, query: &Query) -> Result<(protocol::Answer, i64), String> {
-        let mut nonce = [0u8; 16];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness for a nonce")?;
-        let request = query.subject.request(&nonce)?;
-        let document = self.fetcher.post(
-            &query.url,
-            "application/ocsp-request",
-            &request,
-            "application/ocsp-response",
-        )?;
-        let now = unix_now();
-        let answer = protocol::read_response(&document.body, &query.subject, Some(&nonce), now)
-            .map_err(|error| format!("{}: {error}", query.url))?;
-        // Within the clock skew read_response allows, an answer can arrive already
-        // lapsed: no answer, or every handshake would ask again.
-        if answer.state != CertState::Revoked && answer.current_until(self.max_age) <= now {
-            return Err(format!("{}: the answer is no longer current", query.url));
-        }
-        Ok((answer, now))
     }
 
     fn keep(&self, query: Query, answer: protocol::Answer, now: i64) {
@@ -427,7 +406,7 @@ impl OcspChecker {
             None => self.policy == OcspPolicy::SoftFail,
         };
         if answer.state == CertState::Revoked && in_use {
-            *self.revoked_found.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            *lock(&self.revoked_found) = true;
             self.revocation.notify_all();
         }
     }

@@ -18,6 +18,9 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::time::ASN1Time;
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo};
 
+use crate::fetch::Fetcher;
+use crate::tls::trust::unix_now;
+
 /// How far the responder's clock may run ahead of ours, in seconds.
 const CLOCK_SKEW: i64 = 300;
 
@@ -128,20 +131,64 @@ impl Answer {
     }
 }
 
+/// A checked answer as a responder sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The answer.
+    pub answer: Answer,
+    /// The OCSPResponse, DER.
+    pub response: Vec<u8>,
+    /// When it was read, seconds since the Unix epoch.
+    pub read_at: i64,
+}
+
+/// Asks `url` about `subject` (a POST with a fresh nonce, RFC 6960 appendix A.1) and
+/// checks the answer; one no longer current, taking `max_age` as the life of one without
+/// a nextUpdate, is no answer unless it says `revoked` (a revocation does not lapse).
+/// Every failure is a reason for the log, naming the URL.
+pub fn ask(
+    fetcher: &Fetcher,
+    url: &str,
+    subject: &CertSubject,
+    max_age: i64,
+) -> Result<Reply, String> {
+    let mut nonce = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness for a nonce")?;
+    let request = subject.request(&nonce)?;
+    let document = fetcher.post(
+        url,
+        "application/ocsp-request",
+        &request,
+        "application/ocsp-response",
+    )?;
+    let now = unix_now();
+    let answer = read_response(&document.body, subject, &nonce, now)
+        .map_err(|error| format!("{url}: {error}"))?;
+    // Within the clock skew read_response allows, an answer can arrive already lapsed.
+    if answer.state != CertState::Revoked && answer.current_until(max_age) <= now {
+        return Err(format!("{url}: the answer is no longer current"));
+    }
+    Ok(Reply {
+        answer,
+        response: document.body,
+        read_at: now,
+    })
+}
+
 /// Reads a responder's answer about `subject` and checks it: a successful basic response,
 /// signed by the issuer or by a responder certificate the issuer signed for OCSP
 /// signing, echoing `nonce` if it carries one, current at `now` (seconds since the Unix
 /// epoch). Every failure is a reason for the log.
-pub fn read_response(
+fn read_response(
     der: &[u8],
     subject: &CertSubject,
-    nonce: Option<&[u8]>,
+    nonce: &[u8],
     now: i64,
 ) -> Result<Answer, String> {
     let basic = basic_response(der)?;
     check_signature(&basic, subject, now)?;
-    if let (Some(sent), Some(echoed)) = (nonce, basic.nonce()) {
-        if echoed.0.as_bytes() != sent {
+    if let Some(echoed) = basic.nonce() {
+        if echoed.0.as_bytes() != nonce {
             return Err("the response answers another request (nonce differs)".into());
         }
     }
@@ -302,12 +349,12 @@ mod tests {
     #[test]
     fn a_response_that_is_not_ocsp_or_not_successful_is_no_answer() {
         let subject = subject();
-        assert!(read_response(b"garbage", &subject, None, 0).is_err());
+        assert!(read_response(b"garbage", &subject, &[], 0).is_err());
         let refused = OcspResponse {
             response_status: OcspResponseStatus::TryLater,
             response_bytes: None,
         };
-        let error = read_response(&refused.to_der().unwrap(), &subject, None, 0).unwrap_err();
+        let error = read_response(&refused.to_der().unwrap(), &subject, &[], 0).unwrap_err();
         assert!(error.contains("TryLater"), "{error}");
     }
 }

@@ -115,7 +115,6 @@ pub fn fetch(
     chain: &[CertificateDer<'_>],
     responder: Option<&str>,
     fetcher: &Fetcher,
-    now: i64,
 ) -> Result<Staple, StapleFailure> {
     let [leaf, issuer, ..] = chain else {
         return Err("cert_chain holds no issuer certificate after the leaf".into());
@@ -128,21 +127,8 @@ pub fn fetch(
         .map(str::to_owned)
         .or_else(|| aia_ocsp_url(&cert))
         .ok_or("no responder: no AIA OCSP URL and no ocsp_responder")?;
-    let mut nonce = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut nonce).map_err(|_| "no randomness for a nonce")?;
-    let request = subject.request(&nonce)?;
-    let document = fetcher.post(
-        &url,
-        "application/ocsp-request",
-        &request,
-        "application/ocsp-response",
-    )?;
-    let answer = protocol::read_response(&document.body, &subject, Some(&nonce), now)?;
-    let good_until = answer.current_until(WITHOUT_NEXT_UPDATE);
-    if good_until <= now && answer.state != CertState::Revoked {
-        // Not news: an old answer (a replay) takes nothing off.
-        return Err(format!("{url} answered with a response no longer current").into());
-    }
+    let reply = protocol::ask(fetcher, &url, &subject, WITHOUT_NEXT_UPDATE)?;
+    let answer = reply.answer;
     if answer.state != CertState::Good {
         return Err(StapleFailure::NotGood(format!(
             "{url} says the server certificate is {:?}",
@@ -151,8 +137,8 @@ pub fn fetch(
     }
     Ok(Staple {
         leaf: leaf.clone().into_owned(),
-        response: document.body,
-        fetched: now,
-        good_until,
+        response: reply.response,
+        fetched: reply.read_at,
+        good_until: answer.current_until(WITHOUT_NEXT_UPDATE),
     })
 }
