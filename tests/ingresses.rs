@@ -151,7 +151,9 @@ fn single(pki: &TestPki, port: u16, backend: &str) -> String {
 #[test]
 fn a_changed_config_file_serves_new_connections_while_old_ones_finish_their_request() {
     let pki = TestPki::new();
-    let slow = SlowBackend::start(Duration::from_secs(2));
+    // Held until the new file is in force: noticing a change takes the reload thread
+    // a poll or two, which a fixed delay would race.
+    let slow = SlowBackend::start(Duration::from_secs(60));
     let (fresh, fresh_addr) = echo_backend();
     let port = free_port();
     let config = single(&pki, port, &slow.addr);
@@ -198,6 +200,7 @@ fn a_changed_config_file_serves_new_connections_while_old_ones_finish_their_requ
     assert!(gateway.log_text().contains("configuration reloaded"));
 
     // The request in flight finishes on the old backend, and its connection then closes.
+    slow.release();
     let last = read_last_response(&mut busy);
     assert!(last.ends_with("done\n"), "{last}");
     // The idle one is closed without a byte.

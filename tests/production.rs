@@ -115,7 +115,8 @@ fn a_slowloris_client_gets_408_at_the_head_timeout_while_others_are_served(drive
 
 fn sigterm_lets_a_slow_request_finish_closes_idle_connections_and_refuses_new_ones(driver: Driver) {
     let pki = TestPki::new();
-    let backend = SlowBackend::start(Duration::from_secs(3));
+    // Held until the drain has begun, so that the slow requests are in flight then.
+    let backend = SlowBackend::start(Duration::from_secs(60));
     let mut gateway = start(
         &pki,
         std::slice::from_ref(&backend.addr),
@@ -155,6 +156,7 @@ fn sigterm_lets_a_slow_request_finish_closes_idle_connections_and_refuses_new_on
     assert!(terminated.elapsed() < Duration::from_secs(2));
 
     // The request in flight finishes; then the gateway exits, long before the timeout.
+    backend.release();
     let response = in_flight.join().expect("client").expect("response");
     assert_eq!(status_of(&response), 200, "{response}");
     assert!(response.ends_with("done\n"), "{response}");
@@ -308,7 +310,7 @@ fn readyz_waits_for_the_idps_keys_and_turns_unready_when_draining(driver: Driver
     drop(waiting);
 
     // Without tokens nothing is awaited; draining makes it unready.
-    let backend = SlowBackend::start(Duration::from_secs(2));
+    let backend = SlowBackend::start(Duration::from_secs(60));
     let gateway = start(
         &pki,
         std::slice::from_ref(&backend.addr),
@@ -332,6 +334,7 @@ fn readyz_waits_for_the_idps_keys_and_turns_unready_when_draining(driver: Driver
         let readyz = http_get_plain(admin, "/readyz");
         readyz.starts_with("HTTP/1.1 503") && readyz.contains("draining")
     }));
+    backend.release();
     let response = in_flight.join().expect("client").expect("response");
     assert_eq!(status_of(&response), 200, "{response}");
 }
@@ -757,8 +760,8 @@ fn without_checks_a_dead_backend_is_ejected_after_consecutive_connect_failures(d
 
 fn least_connections_sends_new_requests_past_a_busy_backend(driver: Driver) {
     let pki = TestPki::new();
-    let busy = SlowBackend::start(Duration::from_secs(3));
-    let idle = SlowBackend::start(Duration::from_secs(3));
+    let busy = SlowBackend::start(Duration::from_secs(60));
+    let idle = SlowBackend::start(Duration::from_secs(60));
     let names = [busy.addr.clone(), idle.addr.clone()];
     let upstream = "    keepalive_connections: 0\n    balance: least_connections\n";
     let port = free_port();
@@ -790,6 +793,7 @@ fn least_connections_sends_new_requests_past_a_busy_backend(driver: Driver) {
         .load(Ordering::SeqCst)
         == 10));
     assert_eq!(holding.answered.load(Ordering::SeqCst), 0);
+    holding.release();
     let response = slow.join().expect("slow client").expect("response");
     assert_eq!(status_of(&response), 200, "{response}");
 }

@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -996,21 +996,32 @@ pub struct SlowBackend {
     pub addr: String,
     pub started: Arc<AtomicUsize>,
     pub answered: Arc<AtomicUsize>,
+    released: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl SlowBackend {
+    /// A backend that holds each `/slow` request for `delay`, or until `release`.
     pub fn start(delay: Duration) -> Self {
         let started = Arc::new(AtomicUsize::new(0));
         let answered = Arc::new(AtomicUsize::new(0));
-        let state = (delay, started.clone(), answered.clone());
-        let (addr, _) = serve_each(state, |stream, (delay, started, answered)| {
-            answer_slowly(stream, *delay, started, answered)
+        let released = Arc::new((Mutex::new(false), Condvar::new()));
+        let state = (delay, started.clone(), answered.clone(), released.clone());
+        let (addr, _) = serve_each(state, |stream, (delay, started, answered, released)| {
+            answer_slowly(stream, *delay, started, answered, released)
         });
         Self {
             addr,
             started,
             answered,
+            released,
         }
+    }
+
+    /// Answers the `/slow` requests held now and any that come later at once.
+    pub fn release(&self) {
+        let (released, woken) = &*self.released;
+        *released.lock().unwrap() = true;
+        woken.notify_all();
     }
 }
 
@@ -1053,12 +1064,14 @@ fn answer_slowly(
     delay: Duration,
     started: &AtomicUsize,
     answered: &AtomicUsize,
+    (released, woken): &(Mutex<bool>, Condvar),
 ) {
     let mut pending = Vec::new();
     while let Some(head) = next_head(&mut stream, &mut pending) {
         if head.starts_with(b"GET /slow") {
             started.fetch_add(1, Ordering::SeqCst);
-            std::thread::sleep(delay);
+            let held = released.lock().unwrap();
+            drop(woken.wait_timeout_while(held, delay, |released| !*released));
         }
         let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\ndone\n";
         if stream.write_all(answer).is_err() {
