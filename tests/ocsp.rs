@@ -69,6 +69,38 @@ fn the_fixture_responder_signs_as_told_and_openssl_refuses_signers_never_delegat
     }
 }
 
+/// One of the gateway's threads, from /proc: its name, the CPUs it may run on and how
+/// many times it has been switched out.
+struct GatewayThread {
+    name: String,
+    cpus: String,
+    switches: u64,
+}
+
+fn gateway_threads(gateway: &Gateway) -> Vec<GatewayThread> {
+    std::fs::read_dir(format!("/proc/{}/task", gateway.pid()))
+        .expect("the gateway's threads")
+        .filter_map(|task| {
+            let path = task.ok()?.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let field = |key: &str| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix(key))
+                    .map(str::trim)
+            };
+            let count = |key: &str| field(key)?.parse::<u64>().ok();
+            Some(GatewayThread {
+                name: name.trim().to_owned(),
+                cpus: field("Cpus_allowed_list:")?.to_owned(),
+                switches: count("voluntary_ctxt_switches:")?
+                    + count("nonvoluntary_ctxt_switches:")?,
+            })
+        })
+        .collect()
+}
+
 // --- Client certificates ----------------------------------------------------------------
 
 #[test]
@@ -107,39 +139,65 @@ fn with_pinned_workers_the_handshake_pool_threads_run_on_their_workers_cpus() {
         assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
     }
 
-    // Each thread's name and the CPUs it may run on, from /proc.
-    let threads: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{}/task", gateway.pid()))
-        .expect("the gateway's threads")
-        .filter_map(|task| {
-            let path = task.ok()?.path();
-            let name = std::fs::read_to_string(path.join("comm")).ok()?;
-            let status = std::fs::read_to_string(path.join("status")).ok()?;
-            let cpus = status
-                .lines()
-                .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
-            Some((name.trim().to_owned(), cpus.trim().to_owned()))
-        })
-        .collect();
+    let threads = gateway_threads(&gateway);
     let cpus_of = |prefix: &str| -> Vec<&str> {
         (threads.iter())
-            .filter(|(name, _)| name.starts_with(prefix))
-            .map(|(_, cpus)| cpus.as_str())
+            .filter(|thread| thread.name.starts_with(prefix))
+            .map(|thread| thread.cpus.as_str())
             .collect()
     };
     let workers = cpus_of("edge-worker");
     let pool = cpus_of("srrrs-handshake");
-    assert_eq!(workers.len(), 2, "{threads:?}");
-    assert!(!pool.is_empty(), "no handshake pool thread: {threads:?}");
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    assert!(!pool.is_empty(), "no handshake pool thread");
     for cpus in pool {
         assert!(
             workers.contains(&cpus),
-            "{cpus} is no worker's CPU: {threads:?}"
+            "{cpus} is no worker's CPU: {workers:?}"
         );
     }
     assert!(
         workers.iter().all(|cpus| !cpus.contains(['-', ','])),
         "{workers:?}"
     );
+}
+
+#[test]
+fn resumed_handshakes_are_finished_on_the_worker_without_the_pool() {
+    let pki = TestPki::new();
+    let responder = device_responder(&pki, OcspSigner::Issuer);
+    let cert = good_device(&pki, &responder, "device-resuming");
+    let (backend, gateway) = start_checking(&pki, &[HARD_FAIL], |c| c);
+    let client = Client::new(&pki, Some(&cert));
+    assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    // Each context switch of a pool thread, counted by the kernel.
+    let pool_switches = || -> u64 {
+        (gateway_threads(&gateway).iter())
+            .filter(|thread| thread.name.starts_with("srrrs-handshake"))
+            .map(|thread| thread.switches)
+            .sum()
+    };
+    let before = pool_switches();
+    assert!(before > 0, "the full handshake made no hop");
+
+    for _ in 0..20 {
+        assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Resumed));
+    }
+    let after = pool_switches();
+    assert!(
+        after - before < 5,
+        "20 resumptions woke the pool's threads {} times",
+        after - before
+    );
+    assert_eq!(
+        admitted(&Client::new(&pki, Some(&cert)), &gateway),
+        Some(HandshakeKind::Full)
+    );
+    assert!(
+        pool_switches() > after,
+        "a full handshake no longer makes the hop"
+    );
+    assert_eq!(paths(&backend).len(), 22);
 }
 
 #[test]
