@@ -362,7 +362,7 @@ impl ConfigWatch {
             thread::sleep(POLL);
             // SIGHUP rebuilds only after a change or a failed attempt: the parts that
             // change on their own (certificates, CRLs, keys) have their own reloaders, and
-            // a rebuild starts the caches afresh.
+            // a rebuild starts the caches afresh (all but the good OCSP answers).
             let asked = requested_since(&mut seen);
             let now = self.stamps();
             let retry = asked && (failed || now != stamps.seen);
@@ -400,6 +400,13 @@ impl ConfigWatch {
                 sections = ?changed,
                 "these settings change only at a restart; the values in force stay"
             );
+        }
+        let previous = self.shared.load();
+        for ingress in settings.ingresses.all() {
+            let same = (previous.all().iter()).find(|old| old.hostname == ingress.hostname);
+            if let Some(old) = same {
+                ingress.take_over(old);
+            }
         }
         // Should a start fail, dropping the new set stops what had started.
         for ingress in settings.ingresses.all() {

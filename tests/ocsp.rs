@@ -284,6 +284,67 @@ fn a_device_admitted_under_soft_fail_is_closed_once_its_responder_says_revoked()
 }
 
 #[test]
+fn a_reload_keeps_good_answers_and_asks_about_those_in_use_again_at_once() {
+    let pki = TestPki::new();
+    let mut responder = device_responder(&pki, OcspSigner::Issuer);
+    let cert = good_device(&pki, &responder, "device-over-a-reload");
+    let settings = [HARD_FAIL, "timeout: 1s", "retry_interval: 1s"];
+    let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
+    let client = Client::new(&pki, Some(&cert));
+    assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    assert_eq!(responder.queries(), 1);
+    let reloads = || log_count(&gateway, "configuration reloaded");
+    let reload = |from: &str, to: &str| {
+        let before = reloads();
+        gateway.edit_config(|config| config.replace(from, to));
+        assert!(
+            eventually(Duration::from_secs(10), || reloads() > before),
+            "{}",
+            gateway.log_text()
+        );
+    };
+
+    // A reload that changes max_age keeps no answer: the next handshake asks again.
+    reload("timeout: 1s", "timeout: 1s\n      max_age: 30m");
+    assert!(
+        gateway.log_text().contains("kept=0"),
+        "{}",
+        gateway.log_text()
+    );
+    assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    assert_eq!(responder.queries(), 2);
+
+    // Any other change keeps the good answer: with its responder down, the device still
+    // gets in.
+    responder.stop();
+    reload("timeout: 1s", "timeout: 2s");
+    assert!(
+        gateway.log_text().contains("kept=1"),
+        "{}",
+        gateway.log_text()
+    );
+    assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+
+    // The answer kept is in use, so it is asked for again at once, with no handshake
+    // asking, though it had half an hour left: a device revoked meanwhile is refused.
+    responder.set_status(&cert, OcspStatus::Revoked);
+    responder.restart();
+    assert!(
+        eventually(Duration::from_secs(10), || responder.queries() >= 1),
+        "the answer kept was not asked for again:\n{}",
+        gateway.log_text()
+    );
+    let refused = eventually(Duration::from_secs(10), || {
+        let attempt = Client::new(&pki, Some(&cert)).get(gateway.addr, "/revoked");
+        attempt.is_err_and(|error| {
+            error == rustls::Error::AlertReceived(AlertDescription::CertificateRevoked)
+        })
+    });
+    assert!(refused, "{}", gateway.log_text());
+    assert_eq!(paths(&backend), ["/", "/", "/"]);
+}
+
+#[test]
 fn under_hard_fail_an_answer_from_a_signer_never_delegated_is_no_answer() {
     let pki = TestPki::new();
     let signers = undelegated_signers(&pki);

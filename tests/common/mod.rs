@@ -292,6 +292,16 @@ impl Gateway {
 
     /// Replaces the config file the gateway runs (in one rename, as deployment tools
     /// do), keeping its admin listener.
+    /// Replaces the config file with `edit` of the config it holds now.
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let (path, admin_line) = &self.config;
+        let text = std::fs::read_to_string(path).expect("read config");
+        let config = text
+            .strip_suffix(admin_line.as_str())
+            .expect("the admin line");
+        self.replace_config(&edit(config.to_owned()));
+    }
+
     pub fn replace_config(&self, config: &str) {
         let (path, admin_line) = &self.config;
         let staged = path.with_extension("yaml.new");
@@ -1287,6 +1297,8 @@ pub struct OcspResponder {
     index: Mutex<BTreeMap<String, String>>,
     /// The requests this fixture made itself, left out of [`Self::queries`].
     own_requests: AtomicUsize,
+    /// Whether it runs: not after [`Self::stop`] until [`Self::restart`].
+    running: bool,
 }
 
 impl OcspResponder {
@@ -1310,6 +1322,7 @@ impl OcspResponder {
                     prefix,
                     index: Mutex::new(index),
                     own_requests: AtomicUsize::new(0),
+                    running: true,
                 };
             }
         }
@@ -1321,12 +1334,16 @@ impl OcspResponder {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Makes the index say `status` for `cert`, and waits until the responder answers so.
+    /// Makes the index say `status` for `cert`, and, while it runs, waits until the
+    /// responder answers so (stopped, it reads the index when it restarts).
     pub fn set_status(&self, cert: &IssuedCert, status: OcspStatus) {
         let mut index = self.index.lock().unwrap();
         index.insert(cert.serial_hex(), index_line(cert, status));
         write_index(&self.prefix, &index);
         drop(index);
+        if !self.running {
+            return;
+        }
 
         let wanted = match status {
             OcspStatus::Good => ": good",
@@ -1361,6 +1378,7 @@ impl OcspResponder {
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.running = false;
     }
 
     /// Starts it again on the same port, after [`Self::stop`], with the same index.
@@ -1368,6 +1386,7 @@ impl OcspResponder {
         self.stop();
         self.child = spawn_ocsp_responder(&self.prefix, self.port)
             .expect("the OCSP responder restarts on its port");
+        self.running = true;
         // A new log: what was counted before is gone with it.
         self.own_requests.store(0, Ordering::SeqCst);
     }

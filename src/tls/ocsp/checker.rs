@@ -89,8 +89,9 @@ pub struct OcspChecker {
 
 struct Cached {
     state: CertState,
-    fetched: i64,
     good_until: i64,
+    /// When to ask again, while in use: three quarters through the answer's life.
+    refresh_at: i64,
     last_used: AtomicI64,
     query: Query,
 }
@@ -198,6 +199,38 @@ impl OcspChecker {
             })
     }
 
+    /// Takes over `previous`'s current `good` answers, so that no device waits for its
+    /// answer again after a reload. The ones in use are asked for again at once, in the
+    /// background, so that a reload still learns of revocations right away. Only when
+    /// both bound answers alike (the same `max_age`) and ask the same responders.
+    /// Revoked and unknown answers are not taken: a reload asks about them afresh.
+    /// Returns how many were taken.
+    pub fn adopt_good_answers(&self, previous: &OcspChecker, now: i64) -> usize {
+        if previous.max_age != self.max_age || previous.overrides != self.overrides {
+            return 0;
+        }
+        let mut taken = 0;
+        for entry in previous.answers.iter() {
+            let cached = entry.value();
+            if cached.state != CertState::Good || cached.good_until <= now {
+                continue;
+            }
+            if self.answers.len() >= MAX_ANSWERS {
+                break;
+            }
+            let copy = Cached {
+                state: CertState::Good,
+                good_until: cached.good_until,
+                refresh_at: now,
+                last_used: AtomicI64::new(cached.last_used.load(Ordering::Relaxed)),
+                query: cached.query.clone(),
+            };
+            self.answers.insert(*entry.key(), copy);
+            taken += 1;
+        }
+        taken
+    }
+
     /// Counts a certificate admitted without an answer.
     pub fn note_soft_admission(&self) {
         self.soft_admissions.fetch_add(1, Ordering::Relaxed);
@@ -217,11 +250,7 @@ impl OcspChecker {
         };
         self.answers.retain(|_, cached| {
             let used = cached.last_used.load(Ordering::Relaxed) >= now - self.max_age;
-            let lifetime = cached.good_until.saturating_sub(cached.fetched);
-            if used
-                && cached.state != CertState::Revoked
-                && now >= cached.fetched + lifetime / 4 * 3
-            {
+            if used && cached.state != CertState::Revoked && now >= cached.refresh_at {
                 wanted(&cached.query);
             }
             cached.good_until > now || used
@@ -393,8 +422,8 @@ impl OcspChecker {
         }
         let cached = Cached {
             state: answer.state,
-            fetched: now,
             good_until,
+            refresh_at: now + good_until.saturating_sub(now) / 4 * 3,
             last_used: AtomicI64::new(now),
             query,
         };
