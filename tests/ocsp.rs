@@ -344,6 +344,114 @@ fn a_reload_keeps_good_answers_and_asks_about_those_in_use_again_at_once() {
     assert_eq!(paths(&backend), ["/", "/", "/"]);
 }
 
+// --- Intermediates (scope: chain) ----------------------------------------------------
+
+/// The device CA's certificate, and a responder for the device root that knows it as
+/// good; the OCSP settings that ask it about the device CA under the `chain` scope.
+fn root_responder(pki: &TestPki) -> (IssuedCert, OcspResponder, String) {
+    let intermediate = pki.device_ca.certificate();
+    let responder = OcspResponder::start(
+        pki.dir.path(),
+        &pki.device_root,
+        OcspSigner::Issuer,
+        &[&intermediate],
+    );
+    let override_line = format!(
+        "responders: [{{issuer: device-root.pem, url: \"{}\"}}]",
+        responder.url()
+    );
+    (intermediate, responder, override_line)
+}
+
+#[test]
+fn under_the_chain_scope_the_intermediate_is_asked_about_once_for_all_its_devices() {
+    let pki = TestPki::new();
+    let leaves = device_responder(&pki, OcspSigner::Issuer);
+    let (_, roots, override_line) = root_responder(&pki);
+    let devices = [
+        good_device(&pki, &leaves, "device-chain-one"),
+        good_device(&pki, &leaves, "device-chain-two"),
+    ];
+    let settings = [HARD_FAIL, "scope: chain", &override_line];
+    let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
+
+    for device in &devices {
+        let client = Client::new(&pki, Some(device));
+        assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    }
+    assert_eq!(leaves.queries(), 2, "{}", leaves.log_text());
+    assert_eq!(roots.queries(), 1, "{}", roots.log_text());
+    assert_eq!(paths(&backend), ["/", "/"]);
+}
+
+#[test]
+fn a_revoked_intermediate_refuses_its_devices_under_the_chain_scope_only() {
+    let pki = TestPki::new();
+    let leaves = device_responder(&pki, OcspSigner::Issuer);
+    let (intermediate, roots, override_line) = root_responder(&pki);
+    roots.set_status(&intermediate, OcspStatus::Revoked);
+    let device = good_device(&pki, &leaves, "device-under-revoked-ca");
+
+    for policy in [HARD_FAIL, SOFT_FAIL] {
+        let settings = [policy, "scope: chain", &override_line];
+        let (backend, gateway) = start_checking(&pki, &settings, |c| c);
+        let attempt = Client::new(&pki, Some(&device)).get(gateway.addr, "/");
+        assert_eq!(
+            alert_of(attempt),
+            AlertDescription::CertificateRevoked,
+            "{policy}"
+        );
+        assert!(paths(&backend).is_empty(), "{policy}");
+    }
+
+    // The leaf scope (the default) does not ask about the intermediate.
+    let asked = roots.queries();
+    let (backend, gateway) = start_checking(&pki, &[HARD_FAIL, &override_line], |c| c);
+    let client = Client::new(&pki, Some(&device));
+    assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
+    assert_eq!(roots.queries(), asked);
+    assert_eq!(paths(&backend), ["/"]);
+}
+
+#[test]
+fn under_the_chain_scope_and_hard_fail_an_intermediate_without_a_responder_refuses() {
+    let pki = TestPki::new();
+    let leaves = device_responder(&pki, OcspSigner::Issuer);
+    let device = good_device(&pki, &leaves, "device-under-unanswered-ca");
+    let (backend, gateway) = start_checking(&pki, &[HARD_FAIL, "scope: chain"], |c| c);
+
+    let attempt = Client::new(&pki, Some(&device)).get(gateway.addr, "/");
+    assert_eq!(alert_of(attempt), AlertDescription::UnknownCA);
+    assert!(paths(&backend).is_empty());
+    assert!(gateway.metric_or_zero(NO_ANSWER) >= 1.0);
+}
+
+#[test]
+fn an_intermediate_revoked_while_its_devices_are_connected_closes_their_connections() {
+    let pki = TestPki::new();
+    let leaves = device_responder(&pki, OcspSigner::Issuer);
+    let (intermediate, mut roots, override_line) = root_responder(&pki);
+    let device = good_device(&pki, &leaves, "device-connected-under-ca");
+    let settings = [HARD_FAIL, "scope: chain", "max_age: 4s", &override_line];
+    let (backend, gateway) = start_checking(&pki, &settings, |c| c);
+    let client = Client::new(&pki, Some(&device));
+    let mut live = client.connect(gateway.addr).expect("admitted");
+    send_request(&mut live, "/live", &[]).expect("send");
+    let first = read_one_response(&mut live);
+    assert_eq!(status_of(&first), 200, "{first}");
+
+    // The CA is revoked at the root's responder; the answer in use is asked for again
+    // three quarters through its life.
+    roots.stop();
+    roots.set_status(&intermediate, OcspStatus::Revoked);
+    roots.restart();
+    let closed = wait_for_close(&mut live, Duration::from_secs(20));
+    assert!(closed <= Duration::from_secs(12), "closed after {closed:?}");
+    let again = client.get(gateway.addr, "/again");
+    assert_eq!(alert_of(again), AlertDescription::CertificateRevoked);
+    assert_eq!(paths(&backend), ["/live"]);
+}
+
 #[test]
 fn under_hard_fail_an_answer_from_a_signer_never_delegated_is_no_answer() {
     let pki = TestPki::new();

@@ -408,6 +408,10 @@ pub struct OcspConfig {
     /// have no answer. Default `5s`.
     #[serde(default = "default_ocsp_retry", with = "humantime_serde")]
     pub retry_interval: Duration,
+    /// Which certificates of the chain are checked by OCSP: `leaf`, or `chain` (the leaf
+    /// and every intermediate, each with its issuer's responder). Default `leaf`.
+    #[serde(default = "default_ocsp_scope")]
+    pub scope: RevocationScope,
 }
 
 /// What a certificate without a valid OCSP answer meets.
@@ -436,6 +440,10 @@ fn default_ocsp_timeout() -> Duration {
 
 fn default_ocsp_max_age() -> Duration {
     Duration::from_secs(3600)
+}
+
+fn default_ocsp_scope() -> RevocationScope {
+    RevocationScope::Leaf
 }
 
 fn default_ocsp_retry() -> Duration {

@@ -288,6 +288,19 @@ impl Authority {
         }
     }
 
+    /// This CA's own certificate, as the CA above it issued it: for a responder or an
+    /// index that answers about it.
+    pub fn certificate(&self) -> IssuedCert {
+        let (_, parsed) = X509Certificate::from_der(&self.der).expect("a CA this PKI made parses");
+        IssuedCert {
+            cert_pem: self.cert_pem.clone(),
+            chain_pem: self.intermediates_pem.clone(),
+            key_pem: self.key_pem.clone(),
+            der: self.der.clone(),
+            serial: SerialNumber::from_slice(parsed.raw_serial()),
+        }
+    }
+
     /// The CA's private key, PKCS#8 PEM: for tools that sign as the CA itself (an OCSP
     /// responder answering without a delegate, say).
     pub fn key_pem(&self) -> String {

@@ -229,8 +229,9 @@ impl DeviceVerifier {
         }
     }
 
-    /// What OCSP says of a leaf whose chain verified: until when the verdict holds, or the
-    /// refusal. The issuer is the intermediate or trusted CA that signed the leaf.
+    /// What OCSP says of a chain that verified: until when the verdict holds, or the
+    /// refusal. The leaf is checked, and under the `chain` scope each intermediate up to
+    /// the trusted CA, each with the certificate that signed it.
     fn ocsp_status(
         &self,
         leaf: &CertificateDer<'_>,
@@ -242,20 +243,27 @@ impl DeviceVerifier {
         };
         let bad = Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
         let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|_| bad.clone())?;
-        let mut named: Vec<X509Certificate<'_>> = (intermediates.iter())
-            .chain(&self.trusted_cas)
-            .filter_map(|der| X509Certificate::from_der(der.as_ref()).ok().map(|(_, c)| c))
-            .filter(|candidate| candidate.subject().as_raw() == cert.issuer().as_raw())
+        // The trusted CAs first: a device may send one of them among its intermediates.
+        let trusted = self.trusted_cas.iter().map(|der| (der, true));
+        let sent = intermediates.iter().map(|der| (der, false));
+        let candidates: Vec<(X509Certificate<'_>, bool)> = (trusted.chain(sent))
+            .filter_map(|(der, trusted)| {
+                let (_, parsed) = X509Certificate::from_der(der.as_ref()).ok()?;
+                Some((parsed, trusted))
+            })
             .collect();
-        // webpki has just checked the leaf's signature against a certificate of this
-        // name: when only one is at hand, that is the issuer. Several (a device may send
-        // a look-alike) are told apart by the signature.
-        if named.len() > 1 {
-            named.retain(|candidate| cert.verify_signature(Some(candidate.public_key())).is_ok());
-        }
-        let verdict = match named.first() {
-            Some(issuer) => checker.status(&cert, issuer, now),
-            None => Verdict::NoAnswer("the issuer's certificate is not at hand".into()),
+        let mut chain = Vec::new();
+        let mut child = &cert;
+        let verdict = loop {
+            let Some((issuer, trusted)) = issuer_of(child, &candidates) else {
+                break Verdict::NoAnswer("the issuer's certificate is not at hand".into());
+            };
+            chain.push((child, issuer));
+            let top = trusted || chain.len() > intermediates.len();
+            if top || checker.scope() == RevocationScope::Leaf {
+                break checker.status(&chain, now);
+            }
+            child = issuer;
         };
         match verdict {
             Verdict::Good { until } => Ok(Some(until)),
@@ -333,6 +341,30 @@ impl DeviceVerifier {
             "client certificate refused"
         );
     }
+}
+
+/// The certificate among `candidates` that issued `child`, and whether it is trusted.
+/// webpki has just checked the chain, so when only one certificate bears the issuer's
+/// name, that is it; several (a device may send a look-alike) are told apart by the
+/// signature.
+fn issuer_of<'a, 'b>(
+    child: &X509Certificate<'_>,
+    candidates: &'a [(X509Certificate<'b>, bool)],
+) -> Option<(&'a X509Certificate<'b>, bool)> {
+    let mut named = (candidates.iter())
+        .filter(|(candidate, _)| candidate.subject().as_raw() == child.issuer().as_raw());
+    let first = named.next()?;
+    let signed = |candidate: &X509Certificate<'_>| {
+        child.verify_signature(Some(candidate.public_key())).is_ok()
+    };
+    let found = match named.next() {
+        None => first,
+        Some(second) => [first, second]
+            .into_iter()
+            .chain(named)
+            .find(|(candidate, _)| signed(candidate))?,
+    };
+    Some((&found.0, found.1))
 }
 
 /// Keeps the OCSP answers in use fresh for as long as the verifier lives; a certificate

@@ -18,7 +18,7 @@ use x509_parser::oid_registry::OID_PKIX_ACCESS_DESCRIPTOR_OCSP;
 use x509_parser::prelude::X509Certificate;
 
 use super::protocol::{self, CertState, CertSubject};
-use crate::config::{OcspConfig, OcspPolicy};
+use crate::config::{OcspConfig, OcspPolicy, RevocationScope};
 use crate::fetch::Fetcher;
 use crate::tls::lock;
 use crate::tls::trust::unix_now;
@@ -62,6 +62,7 @@ pub enum Verdict {
 /// The OCSP state of one ingress.
 pub struct OcspChecker {
     policy: OcspPolicy,
+    scope: RevocationScope,
     timeout: Duration,
     max_age: i64,
     retry: Duration,
@@ -96,6 +97,13 @@ struct Cached {
     query: Query,
 }
 
+/// What the cache says of a certificate at once.
+enum Lookup {
+    Known(Verdict),
+    /// Nothing yet: this query is on its way.
+    Asked(Box<Query>),
+}
+
 #[derive(Clone)]
 struct Query {
     subject: CertSubject,
@@ -117,6 +125,7 @@ impl OcspChecker {
     pub fn new(config: &OcspConfig, overrides: Vec<(Vec<u8>, String)>) -> Self {
         Self {
             policy: config.policy,
+            scope: config.scope,
             timeout: config.timeout,
             max_age: config.max_age.as_secs().max(1) as i64,
             retry: config.retry_interval,
@@ -146,57 +155,101 @@ impl OcspChecker {
         self.policy
     }
 
+    /// Which certificates of a chain are checked.
+    pub fn scope(&self) -> RevocationScope {
+        self.scope
+    }
+
     /// How long a soft-fail admission stands before the certificate is asked about again.
     pub fn retry_interval(&self) -> Duration {
         self.retry
     }
 
-    /// The status of `cert`, issued by `issuer`, at `now`: from the cache, or asked for
-    /// (and, where this thread may wait, waited for).
+    /// The status of a chain at `now`, given as each certificate checked with the one
+    /// that issued it: from the cache, or asked for (all at once, and, where this thread
+    /// may wait, waited for). `revoked` if any is; else no answer if any has none; else
+    /// good until the first of them lapses.
     pub fn status(
+        self: &Arc<Self>,
+        chain: &[(&X509Certificate<'_>, &X509Certificate<'_>)],
+        now: i64,
+    ) -> Verdict {
+        let started: Vec<Lookup> = (chain.iter())
+            .map(|(cert, issuer)| self.look_up(cert, issuer, now))
+            .collect();
+        let mut good_until = i64::MAX;
+        let mut missing = None;
+        for step in started {
+            let verdict = match step {
+                Lookup::Known(verdict) => verdict,
+                Lookup::Asked(query) => self.answer_to(*query, now),
+            };
+            match verdict {
+                Verdict::Revoked => return Verdict::Revoked,
+                Verdict::Good { until } => good_until = good_until.min(until),
+                Verdict::NoAnswer(reason) => {
+                    missing.get_or_insert(reason);
+                }
+            }
+        }
+        match missing {
+            Some(reason) => Verdict::NoAnswer(reason),
+            None => Verdict::Good { until: good_until },
+        }
+    }
+
+    /// The status of `cert`, issued by `issuer`, when known at once; otherwise the query
+    /// sent about it.
+    fn look_up(
         self: &Arc<Self>,
         cert: &X509Certificate<'_>,
         issuer: &X509Certificate<'_>,
         now: i64,
-    ) -> Verdict {
+    ) -> Lookup {
         let Some(subject) = CertSubject::new(cert, issuer) else {
             self.no_answer.fetch_add(1, Ordering::Relaxed);
-            return Verdict::NoAnswer("the serial is too long for OCSP".into());
+            return Lookup::Known(Verdict::NoAnswer("the serial is too long for OCSP".into()));
         };
         if let Some(verdict) = self.cached(&subject.key, now) {
-            return verdict;
+            return Lookup::Known(verdict);
         }
         let Some(url) = self.responder_for(cert, issuer) else {
             self.no_answer.fetch_add(1, Ordering::Relaxed);
-            return Verdict::NoAnswer("no responder: no AIA OCSP URL and no override".into());
+            let reason = "no responder: no AIA OCSP URL and no override";
+            return Lookup::Known(Verdict::NoAnswer(reason.into()));
         };
         let query = Query { subject, url };
-        let verdict = self.answer_to(&query);
-        if matches!(verdict, Verdict::NoAnswer(_)) && self.policy == OcspPolicy::SoftFail {
+        if let Some(error) = self.failure_of(&query.url) {
+            return Lookup::Known(self.unanswered(query, error, now));
+        }
+        self.ask(query.clone(), MAX_IN_FLIGHT);
+        Lookup::Asked(Box::new(query))
+    }
+
+    /// The answer to `query`, sent: waited for where this thread may.
+    fn answer_to(&self, query: Query, now: i64) -> Verdict {
+        if !MAY_WAIT.with(Cell::get) {
+            return self.unanswered(query, "the answer is still on its way".into(), now);
+        }
+        self.wait_for(&query.subject.key);
+        if let Some(verdict) = self.cached(&query.subject.key, unix_now()) {
+            return verdict;
+        }
+        let failure = self.failure_of(&query.url);
+        let reason = failure.unwrap_or_else(|| "no answer within the timeout".into());
+        self.unanswered(query, reason, now)
+    }
+
+    /// No answer to `query`, for `reason`. Under soft-fail, which admits the device, it is
+    /// asked again in the background until it has one.
+    fn unanswered(&self, query: Query, reason: String, now: i64) -> Verdict {
+        if self.policy == OcspPolicy::SoftFail {
             let mut unanswered = lock(&self.unanswered);
             if unanswered.len() < MAX_ANSWERS {
                 unanswered.insert(query.subject.key, (query, now));
             }
         }
-        verdict
-    }
-
-    /// Asks `query` unless its responder failed lately, and waits for the answer where
-    /// this thread may.
-    fn answer_to(self: &Arc<Self>, query: &Query) -> Verdict {
-        if let Some(error) = self.failure_of(&query.url) {
-            return Verdict::NoAnswer(error);
-        }
-        self.ask(query.clone(), MAX_IN_FLIGHT);
-        if !MAY_WAIT.with(Cell::get) {
-            return Verdict::NoAnswer("the answer is still on its way".into());
-        }
-        self.wait_for(&query.subject.key);
-        self.cached(&query.subject.key, unix_now())
-            .unwrap_or_else(|| {
-                let failure = self.failure_of(&query.url);
-                Verdict::NoAnswer(failure.unwrap_or_else(|| "no answer within the timeout".into()))
-            })
+        Verdict::NoAnswer(reason)
     }
 
     /// Takes over `previous`'s current `good` answers, so that no device waits for its
