@@ -293,19 +293,9 @@ fn a_reload_keeps_good_answers_and_asks_about_those_in_use_again_at_once() {
     let client = Client::new(&pki, Some(&cert));
     assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
     assert_eq!(responder.queries(), 1);
-    let reloads = || log_count(&gateway, "configuration reloaded");
-    let reload = |from: &str, to: &str| {
-        let before = reloads();
-        gateway.edit_config(|config| config.replace(from, to));
-        assert!(
-            eventually(Duration::from_secs(10), || reloads() > before),
-            "{}",
-            gateway.log_text()
-        );
-    };
 
     // A reload that changes max_age keeps no answer: the next handshake asks again.
-    reload("timeout: 1s", "timeout: 1s\n      max_age: 30m");
+    gateway.reload_replacing("timeout: 1s", "timeout: 1s\n      max_age: 30m");
     assert!(
         gateway.log_text().contains("kept=0"),
         "{}",
@@ -317,7 +307,7 @@ fn a_reload_keeps_good_answers_and_asks_about_those_in_use_again_at_once() {
     // Any other change keeps the good answer: with its responder down, the device still
     // gets in.
     responder.stop();
-    reload("timeout: 1s", "timeout: 2s");
+    gateway.reload_replacing("timeout: 1s", "timeout: 2s");
     assert!(
         gateway.log_text().contains("kept=1"),
         "{}",
@@ -345,23 +335,6 @@ fn a_reload_keeps_good_answers_and_asks_about_those_in_use_again_at_once() {
 }
 
 // --- Intermediates (scope: chain) ----------------------------------------------------
-
-/// The device CA's certificate, and a responder for the device root that knows it as
-/// good; the OCSP settings that ask it about the device CA under the `chain` scope.
-fn root_responder(pki: &TestPki) -> (IssuedCert, OcspResponder, String) {
-    let intermediate = pki.device_ca.certificate();
-    let responder = OcspResponder::start(
-        pki.dir.path(),
-        &pki.device_root,
-        OcspSigner::Issuer,
-        &[&intermediate],
-    );
-    let override_line = format!(
-        "responders: [{{issuer: device-root.pem, url: \"{}\"}}]",
-        responder.url()
-    );
-    (intermediate, responder, override_line)
-}
 
 #[test]
 fn under_the_chain_scope_the_intermediate_is_asked_about_once_for_all_its_devices() {

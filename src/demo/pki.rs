@@ -358,7 +358,9 @@ impl Authority {
     }
 }
 
-fn ca_params(common_name: &str) -> CertificateParams {
+/// What a CA certificate of this PKI is made from: `common_name` in the PKI's
+/// organisation, a random serial, valid from a day ago for a year.
+pub fn ca_params(common_name: &str) -> CertificateParams {
     let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
     params.distinguished_name = name(common_name);

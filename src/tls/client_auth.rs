@@ -22,6 +22,7 @@ use x509_parser::prelude::FromDer;
 use super::chain_cache::{ChainCache, ChainKey, VerifiedChain};
 use super::handshake_notes;
 use super::identity;
+use super::ocsp::path::{self, Candidate};
 use super::ocsp::{OcspChecker, Verdict};
 use super::refusal::HandshakeRefusal;
 use super::revocation::RevocationSet;
@@ -246,26 +247,21 @@ impl DeviceVerifier {
         // The trusted CAs first: a device may send one of them among its intermediates.
         let trusted = self.trusted_cas.iter().map(|der| (der, true));
         let sent = intermediates.iter().map(|der| (der, false));
-        let candidates: Vec<(X509Certificate<'_>, bool)> = (trusted.chain(sent))
+        let candidates: Vec<Candidate<'_>> = (trusted.chain(sent))
             .filter_map(|(der, trusted)| {
-                let (_, parsed) = X509Certificate::from_der(der.as_ref()).ok()?;
-                Some((parsed, trusted))
+                let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+                Some(Candidate { cert, trusted })
             })
             .collect();
-        let mut chain = Vec::new();
-        let mut child = &cert;
-        let verdict = loop {
-            let Some((issuer, trusted)) = issuer_of(child, &candidates) else {
-                break Verdict::NoAnswer("the issuer's certificate is not at hand".into());
-            };
-            chain.push((child, issuer));
-            let top = trusted || chain.len() > intermediates.len();
-            if top || checker.scope() == RevocationScope::Leaf {
-                break checker.status(&chain, now);
-            }
-            child = issuer;
+        let Some(links) = path::links(&cert, &candidates, checker.scope()) else {
+            // webpki found a path; not finding one again is a chain to refuse, never one
+            // to admit unasked.
+            debug!(cert.sha256 = %identity::fingerprint(leaf), "OCSP: no path of signed certificates to a trusted CA");
+            return Err(Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer,
+            ));
         };
-        match verdict {
+        match checker.status(&links, now) {
             Verdict::Good { until } => Ok(Some(until)),
             Verdict::Revoked => Err(Error::InvalidCertificate(rustls::CertificateError::Revoked)),
             Verdict::NoAnswer(reason) if checker.policy() == OcspPolicy::HardFail => {
@@ -341,30 +337,6 @@ impl DeviceVerifier {
             "client certificate refused"
         );
     }
-}
-
-/// The certificate among `candidates` that issued `child`, and whether it is trusted.
-/// webpki has just checked the chain, so when only one certificate bears the issuer's
-/// name, that is it; several (a device may send a look-alike) are told apart by the
-/// signature.
-fn issuer_of<'a, 'b>(
-    child: &X509Certificate<'_>,
-    candidates: &'a [(X509Certificate<'b>, bool)],
-) -> Option<(&'a X509Certificate<'b>, bool)> {
-    let mut named = (candidates.iter())
-        .filter(|(candidate, _)| candidate.subject().as_raw() == child.issuer().as_raw());
-    let first = named.next()?;
-    let signed = |candidate: &X509Certificate<'_>| {
-        child.verify_signature(Some(candidate.public_key())).is_ok()
-    };
-    let found = match named.next() {
-        None => first,
-        Some(second) => [first, second]
-            .into_iter()
-            .chain(named)
-            .find(|(candidate, _)| signed(candidate))?,
-    };
-    Some((&found.0, found.1))
 }
 
 /// Keeps the OCSP answers in use fresh for as long as the verifier lives; a certificate

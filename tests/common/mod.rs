@@ -292,6 +292,19 @@ impl Gateway {
 
     /// Replaces the config file the gateway runs (in one rename, as deployment tools
     /// do), keeping its admin listener.
+    /// Replaces `from` with `to` in the config file and waits until the gateway has
+    /// reloaded it.
+    pub fn reload_replacing(&self, from: &str, to: &str) {
+        let reloads = || log_count(self, "configuration reloaded");
+        let before = reloads();
+        self.edit_config(|config| {
+            assert!(config.contains(from), "{from} is not in:\n{config}");
+            config.replace(from, to)
+        });
+        let reloaded = eventually(Duration::from_secs(15), || reloads() > before);
+        assert!(reloaded, "{}", self.log_text());
+    }
+
     /// Replaces the config file with `edit` of the config it holds now.
     pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
         let (path, admin_line) = &self.config;

@@ -19,6 +19,23 @@ pub const STAPLE_FAILURES: &str = "srrrs_ocsp_staple_fetch_failures_total{ingres
 pub const HARD_FAIL: &str = "policy: hard-fail";
 pub const SOFT_FAIL: &str = "policy: soft-fail";
 
+/// The device CA's certificate, and a responder for the device root that knows it as
+/// good; the OCSP settings that ask it about the device CA under the `chain` scope.
+pub fn root_responder(pki: &TestPki) -> (IssuedCert, OcspResponder, String) {
+    let intermediate = pki.device_ca.certificate();
+    let responder = OcspResponder::start(
+        pki.dir.path(),
+        &pki.device_root,
+        OcspSigner::Issuer,
+        &[&intermediate],
+    );
+    let override_line = format!(
+        "responders: [{{issuer: device-root.pem, url: \"{}\"}}]",
+        responder.url()
+    );
+    (intermediate, responder, override_line)
+}
+
 /// A device certificate whose AIA names `url` as its OCSP responder.
 pub fn device(pki: &TestPki, name: &str, url: &str) -> IssuedCert {
     pki.device_ca

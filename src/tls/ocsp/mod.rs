@@ -4,6 +4,7 @@
 //! a verdict means for a handshake.
 
 pub mod checker;
+pub mod path;
 pub mod protocol;
 pub mod staple;
 
