@@ -84,13 +84,13 @@ impl Ingress {
     }
 
     /// Takes over what `previous`, the ingress of the same hostname that this one
-    /// replaces at a reload, has learned and still holds: its OCSP answers that say good.
+    /// replaces at a reload, has learned and still holds: its OCSP answers.
     pub fn take_over(&self, previous: &Ingress) {
         let checker = |ingress: &Ingress| ingress.tls.device.as_ref()?.ocsp().cloned();
         let (Some(new), Some(old)) = (checker(self), checker(previous)) else {
             return;
         };
-        let kept = new.adopt_good_answers(&old, crate::tls::trust::unix_now());
+        let kept = new.adopt_answers(&old, crate::tls::trust::unix_now());
         info!(hostname = %self.hostname, kept, "OCSP answers kept over the reload");
     }
 

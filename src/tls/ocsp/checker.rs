@@ -91,7 +91,8 @@ pub struct OcspChecker {
 struct Cached {
     state: CertState,
     good_until: i64,
-    /// When to ask again, while in use: three quarters through the answer's life.
+    /// When to ask again, while in use: three quarters through the answer's life (never,
+    /// for a revocation learned here), or at once after a reload.
     refresh_at: i64,
     last_used: AtomicI64,
     query: Query,
@@ -252,27 +253,31 @@ impl OcspChecker {
         Verdict::NoAnswer(reason)
     }
 
-    /// Takes over `previous`'s current `good` answers, so that no device waits for its
-    /// answer again after a reload. The ones in use are asked for again at once, in the
-    /// background, so that a reload still learns of revocations right away. Only when
-    /// both bound answers alike (the same `max_age`) and ask the same responders.
-    /// Revoked and unknown answers are not taken: a reload asks about them afresh.
-    /// Returns how many were taken.
-    pub fn adopt_good_answers(&self, previous: &OcspChecker, now: i64) -> usize {
-        if previous.max_age != self.max_age || previous.overrides != self.overrides {
-            return 0;
-        }
+    /// Takes over `previous`'s answers at a reload, and has those in use asked for again
+    /// at once, in the background. Its `revoked` answers always: a reload does not forget
+    /// a revocation, and only the responder saying `good` again (a released
+    /// certificateHold) lifts one. Its current `good` answers when both bound answers
+    /// alike (the same `max_age`) and ask the same responders, so that no device waits
+    /// for its answer again and a reload still learns of revocations right away.
+    /// `unknown` answers are asked for afresh. Returns how many were taken.
+    pub fn adopt_answers(&self, previous: &OcspChecker, now: i64) -> usize {
+        let alike = previous.max_age == self.max_age && previous.overrides == self.overrides;
         let mut taken = 0;
         for entry in previous.answers.iter() {
             let cached = entry.value();
-            if cached.state != CertState::Good || cached.good_until <= now {
+            let wanted = match cached.state {
+                CertState::Revoked => true,
+                CertState::Good => alike && cached.good_until > now,
+                CertState::Unknown => false,
+            };
+            if !wanted {
                 continue;
             }
             if self.answers.len() >= MAX_ANSWERS {
                 break;
             }
             let copy = Cached {
-                state: CertState::Good,
+                state: cached.state,
                 good_until: cached.good_until,
                 refresh_at: now,
                 last_used: AtomicI64::new(cached.last_used.load(Ordering::Relaxed)),
@@ -303,7 +308,7 @@ impl OcspChecker {
         };
         self.answers.retain(|_, cached| {
             let used = cached.last_used.load(Ordering::Relaxed) >= now - self.max_age;
-            if used && cached.state != CertState::Revoked && now >= cached.refresh_at {
+            if used && now >= cached.refresh_at {
                 wanted(&cached.query);
             }
             cached.good_until > now || used
@@ -476,7 +481,10 @@ impl OcspChecker {
         let cached = Cached {
             state: answer.state,
             good_until,
-            refresh_at: now + good_until.saturating_sub(now) / 4 * 3,
+            refresh_at: match answer.state {
+                CertState::Revoked => i64::MAX,
+                _ => now + good_until.saturating_sub(now) / 4 * 3,
+            },
             last_used: AtomicI64::new(now),
             query,
         };
