@@ -393,10 +393,65 @@ fn under_the_chain_scope_and_hard_fail_an_intermediate_without_a_responder_refus
     let device = good_device(&pki, &leaves, "device-under-unanswered-ca");
     let (backend, gateway) = start_checking(&pki, &[HARD_FAIL, "scope: chain"], |c| c);
 
-    let attempt = Client::new(&pki, Some(&device)).get(gateway.addr, "/");
-    assert_eq!(alert_of(attempt), AlertDescription::UnknownCA);
+    // The configuration warned, and the refusal names the certificate without one.
+    assert!(
+        warned(&gateway, "no responder for the trusted CA"),
+        "{}",
+        gateway.log_text()
+    );
+    for _ in 0..3 {
+        let attempt = Client::new(&pki, Some(&device)).get(gateway.addr, "/");
+        assert_eq!(alert_of(attempt), AlertDescription::UnknownCA);
+    }
     assert!(paths(&backend).is_empty());
     assert!(gateway.metric_or_zero(NO_ANSWER) >= 1.0);
+    let named = "no responder for O=srrrs dev PKI, CN=test device CA";
+    let log = gateway.log_text();
+    let warnings = (log.lines())
+        .filter(|line| line.contains("WARN") && line.contains(named))
+        .count();
+    assert_eq!(warnings, 1, "warned once:\n{log}");
+
+    // A responders entry must name a CA certificate.
+    let leaf_as_issuer = format!(
+        "responders: [{{issuer: not-a-ca.pem, url: \"{}\"}}]",
+        leaves.url()
+    );
+    pki.write("not-a-ca.pem", &device.cert_pem);
+    let default = pki.mtls_config(free_port(), &["127.0.0.1:9".to_owned()]);
+    let config = with_ocsp(default, &[HARD_FAIL, &leaf_as_issuer]);
+    let (code, stderr) = check_config(&pki.write("leaf-as-issuer.yaml", &config));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("is not a CA certificate"), "{stderr}");
+}
+
+#[test]
+fn a_revocation_lifted_at_the_responder_lets_its_device_in_at_its_first_handshake_after_a_reload() {
+    let pki = TestPki::new();
+    let mut responder = device_responder(&pki, OcspSigner::Issuer);
+    let cert = device(&pki, "device-on-hold", &responder.url());
+    responder.set_status(&cert, OcspStatus::Revoked);
+    let settings = [HARD_FAIL, "max_age: 2s", "timeout: 2s"];
+    let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
+    let held = Client::new(&pki, Some(&cert)).get(gateway.addr, "/held");
+    assert_eq!(alert_of(held), AlertDescription::CertificateRevoked);
+
+    // Out of use for longer than max_age, the revocation is not asked about in the
+    // background; the hold is released at the responder meanwhile.
+    std::thread::sleep(Duration::from_secs(3));
+    responder.stop();
+    responder.set_status(&cert, OcspStatus::Good);
+    responder.restart();
+    gateway.reload_replacing("timeout: 2s", "timeout: 3s");
+
+    // The device's first handshake asks about it again, and waits for the answer.
+    let released = Client::new(&pki, Some(&cert)).get(gateway.addr, "/released");
+    assert!(
+        released.as_ref().is_ok_and(|r| status_of(r) == 200),
+        "{released:?}\n{}",
+        gateway.log_text()
+    );
+    assert_eq!(paths(&backend), ["/released"]);
 }
 
 #[test]

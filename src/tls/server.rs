@@ -156,7 +156,7 @@ fn device_verifier(
     }
     let roots = trust.roots.clone();
     let ocsp = DeviceOcsp {
-        checker: trust::ocsp_checker(loaded, problems).map(Arc::new),
+        checker: trust::ocsp_checker(loaded, trust, problems).map(Arc::new),
         trusted_cas: trust.certificates.clone(),
     };
     match DeviceVerifier::new(

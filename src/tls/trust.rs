@@ -63,8 +63,14 @@ pub fn revocation_sources(
 }
 
 /// The OCSP checker of the ingress, when its policy asks for OCSP; each responder
-/// override is keyed by the key of the CA certificate(s) in its `issuer` file.
-pub fn ocsp_checker(loaded: &IngressSource, problems: &mut Problems) -> Option<OcspChecker> {
+/// override is keyed by the key of the CA certificate(s) in its `issuer` file. Under the
+/// `chain` scope, a trusted CA without an override is worth a warning: the
+/// intermediates it issued have an answer only if they name a responder themselves.
+pub fn ocsp_checker(
+    loaded: &IngressSource,
+    trust: &TrustStore,
+    problems: &mut Problems,
+) -> Option<OcspChecker> {
     let policy = &loaded.ingress.transport_security;
     let config = policy.ocsp.as_ref()?;
     if policy.mode == ClientAuthMode::Tls {
@@ -82,12 +88,38 @@ pub fn ocsp_checker(loaded: &IngressSource, problems: &mut Problems) -> Option<O
         };
         for cert in certs {
             match X509Certificate::from_der(cert.as_ref()) {
+                Ok((_, parsed)) if !parsed.is_ca() => problems.push(
+                    &field,
+                    format!(
+                        "{} is not a CA certificate: name the CA that issues the \
+                         certificates this responder answers for",
+                        parsed.subject()
+                    ),
+                ),
                 Ok((_, parsed)) => {
                     overrides.push((parsed.public_key().raw.to_vec(), responder.url.clone()))
                 }
                 Err(error) => {
                     problems.push(&field, format!("a certificate does not parse: {error}"))
                 }
+            }
+        }
+    }
+    if config.scope == RevocationScope::Chain {
+        for cert in &trust.certificates {
+            let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else {
+                continue;
+            };
+            let (key, subject) = (parsed.public_key().raw, parsed.subject());
+            if !overrides.iter().any(|(issuer, _)| issuer == key) {
+                problems.warn(
+                    "ingress.transport_security.ocsp.responders",
+                    format!(
+                        "no responder for the trusted CA {subject}: under scope: chain, \
+                         the intermediates it issued are checked only if their AIA names \
+                         an OCSP responder (else they have no answer)"
+                    ),
+                );
             }
         }
     }

@@ -59,16 +59,20 @@ pub fn start_checking_on(
     settings: &[&str],
     edit: impl FnOnce(String) -> String,
 ) -> (EchoBackend, Gateway) {
+    start_edited(pki, driver, |config| edit(with_ocsp(config, settings)))
+}
+
+/// `config` (the default mTLS config) with its CRLs replaced by an `ocsp` block of
+/// `settings`.
+pub fn with_ocsp(config: String, settings: &[&str]) -> String {
     let block: String = settings
         .iter()
         .map(|line| format!("      {line}\n"))
         .collect();
-    start_edited(pki, driver, |config| {
-        edit(config.replace(
-            "    require_crl_check: true\n    crl_files: [device-root.crl, device-ca.crl]\n",
-            &format!("    require_crl_check: false\n    ocsp:\n{block}"),
-        ))
-    })
+    config.replace(
+        "    require_crl_check: true\n    crl_files: [device-root.crl, device-ca.crl]\n",
+        &format!("    require_crl_check: false\n    ocsp:\n{block}"),
+    )
 }
 
 pub fn without_resumption(config: String) -> String {

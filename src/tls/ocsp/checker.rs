@@ -32,6 +32,9 @@ const MAX_IN_FLIGHT: usize = 64;
 /// The most of those the background refresh may use: the rest are kept for handshakes.
 const MAX_REFRESHING: usize = MAX_IN_FLIGHT / 2;
 
+/// The most certificates warned about once each; past this, no more such warnings.
+const MAX_WARNED: usize = 1024;
+
 /// The largest response accepted.
 const MAX_RESPONSE: u64 = 64 * 1024;
 
@@ -77,6 +80,8 @@ pub struct OcspChecker {
     /// Under soft-fail, the certificates admitted without an answer, with when a
     /// handshake last asked: asked about again until they have one.
     unanswered: Mutex<HashMap<[u8; 32], (Query, i64)>>,
+    /// The certificates already warned about (see `warn_once`).
+    warned: Mutex<HashSet<[u8; 32]>>,
     /// When the full cache was last swept of lapsed answers.
     last_sweep: AtomicI64,
     /// Whether a certificate has been found revoked since `refresh` last looked; the
@@ -142,6 +147,7 @@ impl OcspChecker {
             arrived: Condvar::new(),
             down: Mutex::new(HashMap::new()),
             unanswered: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashSet::new()),
             last_sweep: AtomicI64::new(0),
             revoked_found: Mutex::new(false),
             revocation: Condvar::new(),
@@ -212,12 +218,25 @@ impl OcspChecker {
             return Lookup::Known(Verdict::NoAnswer("the serial is too long for OCSP".into()));
         };
         if let Some(verdict) = self.cached(&subject.key, now) {
-            return Lookup::Known(verdict);
+            // A revocation carried over a reload and not yet asked about again is asked
+            // about now: only the responder saying good lifts it.
+            return match self.revocation_to_ask_again(&subject.key, now) {
+                Some(query) if self.failure_of(&query.url).is_none() => {
+                    self.ask(query.clone(), MAX_IN_FLIGHT);
+                    Lookup::Asked(Box::new(query))
+                }
+                _ => Lookup::Known(verdict),
+            };
         }
         let Some(url) = self.responder_for(cert, issuer) else {
             self.no_answer.fetch_add(1, Ordering::Relaxed);
-            let reason = "no responder: no AIA OCSP URL and no override";
-            return Lookup::Known(Verdict::NoAnswer(reason.into()));
+            let reason = format!(
+                "no responder for {}: no AIA OCSP URL, and no override for its issuer {}",
+                cert.subject(),
+                issuer.subject()
+            );
+            self.warn_once(&subject.key, &reason);
+            return Lookup::Known(Verdict::NoAnswer(reason));
         };
         let query = Query { subject, url };
         if let Some(error) = self.failure_of(&query.url) {
@@ -227,18 +246,38 @@ impl OcspChecker {
         Lookup::Asked(Box::new(query))
     }
 
-    /// The answer to `query`, sent: waited for where this thread may.
+    /// The answer to `query`, sent: waited for where this thread may. What the cache
+    /// held before stands when no new answer comes (a revocation asked about again).
     fn answer_to(&self, query: Query, now: i64) -> Verdict {
-        if !MAY_WAIT.with(Cell::get) {
-            return self.unanswered(query, "the answer is still on its way".into(), now);
+        if MAY_WAIT.with(Cell::get) {
+            self.wait_for(&query.subject.key);
         }
-        self.wait_for(&query.subject.key);
         if let Some(verdict) = self.cached(&query.subject.key, unix_now()) {
             return verdict;
+        }
+        if !MAY_WAIT.with(Cell::get) {
+            return self.unanswered(query, "the answer is still on its way".into(), now);
         }
         let failure = self.failure_of(&query.url);
         let reason = failure.unwrap_or_else(|| "no answer within the timeout".into());
         self.unanswered(query, reason, now)
+    }
+
+    /// The query about a revocation carried over a reload, while it is due to be asked
+    /// about again.
+    fn revocation_to_ask_again(&self, key: &[u8; 32], now: i64) -> Option<Query> {
+        let cached = self.answers.get(key)?;
+        (cached.state == CertState::Revoked && cached.refresh_at <= now)
+            .then(|| cached.query.clone())
+    }
+
+    /// Logs `reason` at warn the first time a certificate meets it (up to a bound):
+    /// once is enough to tell the operator, and a device retrying must not flood the log.
+    fn warn_once(&self, key: &[u8; 32], reason: &str) {
+        let mut warned = lock(&self.warned);
+        if warned.len() < MAX_WARNED && warned.insert(*key) {
+            warn!("OCSP: {reason}");
+        }
     }
 
     /// No answer to `query`, for `reason`. Under soft-fail, which admits the device, it is
