@@ -66,8 +66,11 @@ pub struct TlsSummary {
 
 impl Client<'_> {
     /// Whether the connection is to close once no request is in flight: the worker
-    /// drains, or a configuration reload replaced the ingress it reached.
+    /// drains, or a configuration reload replaced the ingress it reached. A reload is
+    /// looked for here too, so that a response finished just after one says so, on a
+    /// worker that has accepted nothing since (its tick looks once a second).
     pub fn closing(&self) -> bool {
+        self.worker.ingresses();
         self.worker.draining.is_raised() || self.local.retired.is_raised()
     }
 
