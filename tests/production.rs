@@ -389,6 +389,14 @@ fn metrics_parse_as_prometheus_text_and_move_with_traffic(driver: Driver) {
     }
     let stranger = Client::new(&pki, None);
     let _ = stranger.get(gateway.addr, "/refused");
+    // The client sees the alert a moment before the gateway counts it.
+    let required = ("reason", "certificate_required");
+    let failures = "srrrs_tls_handshake_failures_total";
+    let refused_before = value(&before, failures, Some(required));
+    let sample = "srrrs_tls_handshake_failures_total{reason=\"certificate_required\"}";
+    assert!(eventually(Duration::from_secs(5), || gateway
+        .metric_or_zero(sample)
+        > refused_before));
 
     let after = scrape();
     let moved = |name: &str, label: Option<(&str, &str)>| {

@@ -764,9 +764,11 @@ fn expiring_crl(driver: Driver) {
         .get(gateway.addr, "localhost", "/resumed", &[])
         .map(|(r, _)| r);
     assert_eq!(alert_of(attempt), AlertDescription::UnknownCA);
-    assert!(
+    // Counted once the alert has gone out, which the client may read first.
+    let counted = eventually(Duration::from_secs(5), || {
         gateway.metric("srrrs_tls_handshake_failures_total{reason=\"revocation_unknown\"}") >= 2.0
-    );
+    });
+    assert!(counted, "{}", gateway.metrics());
 
     let closed = live.wait_for_close(Duration::from_secs(40));
     let after_expiry = unix_secs_of(closed) - next_update.unix_timestamp();
