@@ -179,15 +179,26 @@ pub fn start_mtls(driver: Driver) -> (TestPki, EchoBackend, Gateway) {
 /// Chosen at random below the kernel's ephemeral range (32768 and up on Linux), so that
 /// the outgoing connections of tests running in parallel cannot take it between this
 /// call and the gateway's bind, as a port the kernel handed out could be.
+///
+/// A port is handed out once per test process: a test asking twice (the listener and the
+/// admin port) before binding either would otherwise get the same one now and then.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, RandomState};
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     let state = RandomState::new();
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     for attempt in 0u32..1000 {
         let port = 10_000 + (state.hash_one(attempt) % 22_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
         let free_v4 = TcpListener::bind(("127.0.0.1", port)).is_ok();
         let free_v6 = TcpListener::bind(("::1", port))
             .map_or_else(|error| error.kind() != io::ErrorKind::AddrInUse, |_| true);
         if free_v4 && free_v6 {
+            given.push(port);
             return port;
         }
     }
