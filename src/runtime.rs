@@ -525,7 +525,7 @@ async fn serve_listeners(
                 monoio::time::sleep(LATENCY_FLUSH).await;
                 worker.metrics.absorb(&worker.latencies);
                 // A worker that accepts nothing still lets go of replaced ingresses.
-                worker.ingresses();
+                worker.notice_reload();
             }
         });
     }

@@ -192,9 +192,16 @@ impl Worker {
         }
     }
 
-    /// The ingresses in force now. When a reload has replaced them, the connections of
-    /// the old ones are told to close once no request is in flight.
+    /// The ingresses in force now (see `notice_reload`).
     pub fn ingresses(&self) -> Rc<LocalIngresses> {
+        self.notice_reload();
+        self.local.borrow().clone()
+    }
+
+    /// Puts the ingresses of a reload in force on this worker, if one has replaced those
+    /// it has; the connections of the old ones are told to close once no request is in
+    /// flight.
+    pub fn notice_reload(&self) {
         let shared = self.shared.load();
         let mut local = self.local.borrow_mut();
         if !Arc::ptr_eq(&shared, &local.set) {
@@ -203,7 +210,6 @@ impl Worker {
                 ingress.retired.raise();
             }
         }
-        local.clone()
     }
 
     /// This worker's open client connections.

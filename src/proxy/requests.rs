@@ -70,7 +70,7 @@ impl Client<'_> {
     /// looked for here too, so that a response finished just after one says so, on a
     /// worker that has accepted nothing since (its tick looks once a second).
     pub fn closing(&self) -> bool {
-        self.worker.ingresses();
+        self.worker.notice_reload();
         self.worker.draining.is_raised() || self.local.retired.is_raised()
     }
 

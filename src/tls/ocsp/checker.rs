@@ -220,7 +220,11 @@ impl OcspChecker {
         if let Some(verdict) = self.cached(&subject.key, now) {
             // A revocation carried over a reload and not yet asked about again is asked
             // about now: only the responder saying good lifts it.
-            return match self.revocation_to_ask_again(&subject.key, now) {
+            let again = match verdict {
+                Verdict::Revoked => self.revocation_to_ask_again(&subject.key, now),
+                _ => None,
+            };
+            return match again {
                 Some(query) if self.failure_of(&query.url).is_none() => {
                     self.ask(query.clone(), MAX_IN_FLIGHT);
                     Lookup::Asked(Box::new(query))
@@ -249,13 +253,14 @@ impl OcspChecker {
     /// The answer to `query`, sent: waited for where this thread may. What the cache
     /// held before stands when no new answer comes (a revocation asked about again).
     fn answer_to(&self, query: Query, now: i64) -> Verdict {
-        if MAY_WAIT.with(Cell::get) {
+        let may_wait = MAY_WAIT.with(Cell::get);
+        if may_wait {
             self.wait_for(&query.subject.key);
         }
         if let Some(verdict) = self.cached(&query.subject.key, unix_now()) {
             return verdict;
         }
-        if !MAY_WAIT.with(Cell::get) {
+        if !may_wait {
             return self.unanswered(query, "the answer is still on its way".into(), now);
         }
         let failure = self.failure_of(&query.url);
