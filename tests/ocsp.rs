@@ -57,8 +57,7 @@ fn the_fixture_responder_signs_as_told_and_openssl_refuses_signers_never_delegat
     ];
     for (signer, trusted) in signers {
         let responder = device_responder(&pki, signer);
-        let cert = device(&pki, "device-fixture", &responder.url());
-        responder.set_status(&cert, OcspStatus::Good);
+        let cert = listed_device(&pki, &responder, "device-fixture", OcspStatus::Good);
         let answer = responder.ask_verified(&cert, &anchor);
         assert!(answer.contains(": good"), "{signer:?}: {answer}");
         assert_eq!(
@@ -107,7 +106,7 @@ fn gateway_threads(gateway: &Gateway) -> Vec<GatewayThread> {
 fn a_good_certificate_is_admitted_and_its_answer_serves_the_next_full_handshake() {
     let pki = TestPki::new();
     let responder = device_responder(&pki, OcspSigner::Issuer);
-    let cert = good_device(&pki, &responder, "device-good-ocsp");
+    let cert = listed_device(&pki, &responder, "device-good-ocsp", OcspStatus::Good);
     let (backend, gateway) = start_checking(&pki, &[HARD_FAIL], without_resumption);
 
     let client = Client::new(&pki, Some(&cert));
@@ -126,7 +125,7 @@ fn a_good_certificate_is_admitted_and_its_answer_serves_the_next_full_handshake(
 fn with_pinned_workers_the_handshake_pool_threads_run_on_their_workers_cpus() {
     let pki = TestPki::new();
     let responder = device_responder(&pki, OcspSigner::Issuer);
-    let cert = good_device(&pki, &responder, "device-pinned");
+    let cert = listed_device(&pki, &responder, "device-pinned", OcspStatus::Good);
     let pinned = |config: String| {
         without_resumption(config.replace(
             "runtime: {workers: 2}",
@@ -166,7 +165,7 @@ fn with_pinned_workers_the_handshake_pool_threads_run_on_their_workers_cpus() {
 fn resumed_handshakes_are_finished_on_the_worker_without_the_pool() {
     let pki = TestPki::new();
     let responder = device_responder(&pki, OcspSigner::Issuer);
-    let cert = good_device(&pki, &responder, "device-resuming");
+    let cert = listed_device(&pki, &responder, "device-resuming", OcspStatus::Good);
     let (backend, gateway) = start_checking(&pki, &[HARD_FAIL], |c| c);
     let client = Client::new(&pki, Some(&cert));
     assert_eq!(admitted(&client, &gateway), Some(HandshakeKind::Full));
@@ -205,8 +204,7 @@ fn a_certificate_revoked_at_the_responder_is_refused_with_certificate_revoked() 
     let pki = TestPki::new();
     let responder = device_responder(&pki, OcspSigner::Issuer);
     for policy in [HARD_FAIL, SOFT_FAIL] {
-        let cert = device(&pki, "device-revoked-ocsp", &responder.url());
-        responder.set_status(&cert, OcspStatus::Revoked);
+        let cert = listed_device(&pki, &responder, "device-revoked-ocsp", OcspStatus::Revoked);
         let (backend, gateway) = start_checking(&pki, &[policy], |c| c);
 
         let attempt = Client::new(&pki, Some(&cert)).get(gateway.addr, "/");
@@ -260,8 +258,12 @@ fn with_its_responder_down_soft_fail_admits_a_certificate_and_counts_and_warns()
 fn a_device_admitted_under_soft_fail_is_closed_once_its_responder_says_revoked() {
     let pki = TestPki::new();
     let mut responder = device_responder(&pki, OcspSigner::Issuer);
-    let cert = device(&pki, "device-soft-then-revoked", &responder.url());
-    responder.set_status(&cert, OcspStatus::Revoked);
+    let cert = listed_device(
+        &pki,
+        &responder,
+        "device-soft-then-revoked",
+        OcspStatus::Revoked,
+    );
     responder.stop();
     let settings = [SOFT_FAIL, "timeout: 1s", "retry_interval: 1s"];
     let (backend, gateway) = start_checking(&pki, &settings, |c| c);
@@ -287,7 +289,7 @@ fn a_device_admitted_under_soft_fail_is_closed_once_its_responder_says_revoked()
 fn a_reload_keeps_good_answers_and_asks_about_those_in_use_again_at_once() {
     let pki = TestPki::new();
     let mut responder = device_responder(&pki, OcspSigner::Issuer);
-    let cert = good_device(&pki, &responder, "device-over-a-reload");
+    let cert = listed_device(&pki, &responder, "device-over-a-reload", OcspStatus::Good);
     let settings = [HARD_FAIL, "timeout: 1s", "retry_interval: 1s"];
     let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
     let client = Client::new(&pki, Some(&cert));
@@ -342,8 +344,8 @@ fn under_the_chain_scope_the_intermediate_is_asked_about_once_for_all_its_device
     let leaves = device_responder(&pki, OcspSigner::Issuer);
     let (_, roots, override_line) = root_responder(&pki);
     let devices = [
-        good_device(&pki, &leaves, "device-chain-one"),
-        good_device(&pki, &leaves, "device-chain-two"),
+        listed_device(&pki, &leaves, "device-chain-one", OcspStatus::Good),
+        listed_device(&pki, &leaves, "device-chain-two", OcspStatus::Good),
     ];
     let settings = [HARD_FAIL, "scope: chain", &override_line];
     let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
@@ -363,7 +365,7 @@ fn a_revoked_intermediate_refuses_its_devices_under_the_chain_scope_only() {
     let leaves = device_responder(&pki, OcspSigner::Issuer);
     let (intermediate, roots, override_line) = root_responder(&pki);
     roots.set_status(&intermediate, OcspStatus::Revoked);
-    let device = good_device(&pki, &leaves, "device-under-revoked-ca");
+    let device = listed_device(&pki, &leaves, "device-under-revoked-ca", OcspStatus::Good);
 
     for policy in [HARD_FAIL, SOFT_FAIL] {
         let settings = [policy, "scope: chain", &override_line];
@@ -390,7 +392,12 @@ fn a_revoked_intermediate_refuses_its_devices_under_the_chain_scope_only() {
 fn under_the_chain_scope_and_hard_fail_an_intermediate_without_a_responder_refuses() {
     let pki = TestPki::new();
     let leaves = device_responder(&pki, OcspSigner::Issuer);
-    let device = good_device(&pki, &leaves, "device-under-unanswered-ca");
+    let device = listed_device(
+        &pki,
+        &leaves,
+        "device-under-unanswered-ca",
+        OcspStatus::Good,
+    );
     let (backend, gateway) = start_checking(&pki, &[HARD_FAIL, "scope: chain"], |c| c);
 
     // The configuration warned, and the refusal names the certificate without one.
@@ -429,8 +436,7 @@ fn under_the_chain_scope_and_hard_fail_an_intermediate_without_a_responder_refus
 fn a_revocation_lifted_at_the_responder_lets_its_device_in_at_its_first_handshake_after_a_reload() {
     let pki = TestPki::new();
     let mut responder = device_responder(&pki, OcspSigner::Issuer);
-    let cert = device(&pki, "device-on-hold", &responder.url());
-    responder.set_status(&cert, OcspStatus::Revoked);
+    let cert = listed_device(&pki, &responder, "device-on-hold", OcspStatus::Revoked);
     let settings = [HARD_FAIL, "max_age: 2s", "timeout: 2s"];
     let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
     let held = Client::new(&pki, Some(&cert)).get(gateway.addr, "/held");
@@ -459,7 +465,7 @@ fn an_intermediate_revoked_while_its_devices_are_connected_closes_their_connecti
     let pki = TestPki::new();
     let leaves = device_responder(&pki, OcspSigner::Issuer);
     let (intermediate, mut roots, override_line) = root_responder(&pki);
-    let device = good_device(&pki, &leaves, "device-connected-under-ca");
+    let device = listed_device(&pki, &leaves, "device-connected-under-ca", OcspStatus::Good);
     let settings = [HARD_FAIL, "scope: chain", "max_age: 4s", &override_line];
     let (backend, gateway) = start_checking(&pki, &settings, |c| c);
     let client = Client::new(&pki, Some(&device));
@@ -526,9 +532,8 @@ fn answers_signed_by_a_delegated_responder_or_by_the_ca_itself_are_trusted() {
     let (backend, gateway) = start_checking(&pki, &[HARD_FAIL], |c| c);
 
     for responder in [&delegated, &by_the_ca] {
-        let good = good_device(&pki, responder, "device-good-ocsp");
-        let revoked = device(&pki, "device-revoked-ocsp", &responder.url());
-        responder.set_status(&revoked, OcspStatus::Revoked);
+        let good = listed_device(&pki, responder, "device-good-ocsp", OcspStatus::Good);
+        let revoked = listed_device(&pki, responder, "device-revoked-ocsp", OcspStatus::Revoked);
 
         let client = Client::new(&pki, Some(&good));
         assert!(admitted(&client, &gateway).is_some());
@@ -541,7 +546,7 @@ fn answers_signed_by_a_delegated_responder_or_by_the_ca_itself_are_trusted() {
 fn a_revocation_learned_later_closes_live_connections_and_blocks_resumption(driver: Driver) {
     let pki = TestPki::new();
     let responder = device_responder(&pki, OcspSigner::Issuer);
-    let cert = good_device(&pki, &responder, "device-victim");
+    let cert = listed_device(&pki, &responder, "device-victim", OcspStatus::Good);
     let settings = [HARD_FAIL, "max_age: 2s"];
     let (backend, gateway) = start_checking_on(&pki, driver, &settings, |c| c);
 
@@ -733,12 +738,6 @@ fn server_responder(pki: &TestPki) -> OcspResponder {
 }
 
 /// A device certificate that `responder` says is good.
-fn good_device(pki: &TestPki, responder: &OcspResponder, name: &str) -> IssuedCert {
-    let cert = device(pki, name, &responder.url());
-    responder.set_status(&cert, OcspStatus::Good);
-    cert
-}
-
 /// A URL nothing listens on.
 fn unreachable_url() -> String {
     format!("http://127.0.0.1:{}", free_port())
@@ -766,7 +765,7 @@ fn good_devices_behind(
         .collect();
     let certs = responders
         .iter()
-        .map(|responder| good_device(pki, responder, "device-good-ocsp"))
+        .map(|responder| listed_device(pki, responder, "device-good-ocsp", OcspStatus::Good))
         .collect();
     (responders, certs)
 }

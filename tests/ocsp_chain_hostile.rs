@@ -55,8 +55,7 @@ fn a_look_alike_naming_the_root_as_issuer_does_not_hide_a_revoked_intermediate()
 fn a_look_alike_intermediate_with_no_issuer_at_hand_does_not_skip_a_revoked_leaf() {
     let pki = TestPki::new();
     let leaves = OcspResponder::start(pki.dir.path(), &pki.device_ca, OcspSigner::Issuer, &[]);
-    let leaf = device(&pki, "device-revoked-hiding", &leaves.url());
-    leaves.set_status(&leaf, OcspStatus::Revoked);
+    let leaf = listed_device(&pki, &leaves, "device-revoked-hiding", OcspStatus::Revoked);
     let (_, _roots, override_line) = root_responder(&pki);
     let settings = [SOFT_FAIL, "scope: chain", &override_line];
     let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
@@ -77,8 +76,7 @@ fn a_look_alike_intermediate_with_no_issuer_at_hand_does_not_skip_a_revoked_leaf
 fn a_good_device_sending_a_cross_certificate_of_its_ca_first_is_admitted_under_hard_fail() {
     let pki = TestPki::new();
     let leaves = OcspResponder::start(pki.dir.path(), &pki.device_ca, OcspSigner::Issuer, &[]);
-    let leaf = device(&pki, "device-cross-signed", &leaves.url());
-    leaves.set_status(&leaf, OcspStatus::Good);
+    let leaf = listed_device(&pki, &leaves, "device-cross-signed", OcspStatus::Good);
     let (_, _roots, override_line) = root_responder(&pki);
     let settings = [HARD_FAIL, "scope: chain", &override_line];
     let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
@@ -104,8 +102,7 @@ fn a_good_device_sending_a_cross_certificate_of_its_ca_first_is_admitted_under_h
 fn duplicate_reordered_or_extra_intermediates_and_root_copies_still_meet_the_revoked_ca() {
     let pki = TestPki::new();
     let leaves = OcspResponder::start(pki.dir.path(), &pki.device_ca, OcspSigner::Issuer, &[]);
-    let leaf = device(&pki, "device-many-shapes", &leaves.url());
-    leaves.set_status(&leaf, OcspStatus::Good);
+    let leaf = listed_device(&pki, &leaves, "device-many-shapes", OcspStatus::Good);
     let (_, roots, override_line) = root_responder(&pki);
     roots.set_status(&pki.device_ca.certificate(), OcspStatus::Revoked);
     let settings = [HARD_FAIL, "scope: chain", &override_line];
@@ -175,8 +172,7 @@ fn a_chain_whose_responders_all_stall_is_refused_after_one_timeout_not_one_per_c
 fn an_intermediate_unanswered_at_a_soft_fail_admission_is_asked_again_and_closes_its_devices() {
     let pki = TestPki::new();
     let leaves = OcspResponder::start(pki.dir.path(), &pki.device_ca, OcspSigner::Issuer, &[]);
-    let leaf = device(&pki, "device-soft-chain", &leaves.url());
-    leaves.set_status(&leaf, OcspStatus::Good);
+    let leaf = listed_device(&pki, &leaves, "device-soft-chain", OcspStatus::Good);
     let (_, mut roots, override_line) = root_responder(&pki);
     roots.stop();
     let settings = [
@@ -211,8 +207,7 @@ fn an_intermediate_unanswered_at_a_soft_fail_admission_is_asked_again_and_closes
 fn a_reload_learns_a_revocation_at_once_and_closes_the_connections_from_before_it() {
     let pki = TestPki::new();
     let leaves = OcspResponder::start(pki.dir.path(), &pki.device_ca, OcspSigner::Issuer, &[]);
-    let cert = device(&pki, "device-across-a-reload", &leaves.url());
-    leaves.set_status(&cert, OcspStatus::Good);
+    let cert = listed_device(&pki, &leaves, "device-across-a-reload", OcspStatus::Good);
     let (backend, gateway) = start_checking(&pki, &[HARD_FAIL, "timeout: 1s"], |c| c);
     let client = Client::new(&pki, Some(&cert));
     let mut live = client.connect(gateway.addr).expect("admitted");
@@ -279,10 +274,13 @@ fn a_reload_that_changes_the_responders_carries_no_answer_over() {
 fn a_reload_keeps_a_revocation_under_soft_fail_until_the_responder_lifts_it() {
     let pki = TestPki::new();
     let mut leaves = OcspResponder::start(pki.dir.path(), &pki.device_ca, OcspSigner::Issuer, &[]);
-    let cert = device(&pki, "device-revoked-before-reload", &leaves.url());
-    leaves.set_status(&cert, OcspStatus::Revoked);
-    let good = device(&pki, "device-good-before-reload", &leaves.url());
-    leaves.set_status(&good, OcspStatus::Good);
+    let cert = listed_device(
+        &pki,
+        &leaves,
+        "device-revoked-before-reload",
+        OcspStatus::Revoked,
+    );
+    let good = listed_device(&pki, &leaves, "device-good-before-reload", OcspStatus::Good);
     let settings = [SOFT_FAIL, "timeout: 1s", "retry_interval: 1s"];
     let (backend, gateway) = start_checking(&pki, &settings, without_resumption);
     let revoked = Client::new(&pki, Some(&cert)).get(gateway.addr, "/");

@@ -435,8 +435,7 @@ fn a_revoked_answer_arriving_after_a_soft_fail_admission_shuts_the_device_out() 
 fn a_revocation_learned_later_blocks_tls12_resumption_too() {
     let pki = TestPki::new();
     let responder = OcspResponder::start(pki.dir.path(), &pki.device_ca, OcspSigner::Issuer, &[]);
-    let cert = device(&pki, "device-tls12", &responder.url());
-    responder.set_status(&cert, OcspStatus::Good);
+    let cert = listed_device(&pki, &responder, "device-tls12", OcspStatus::Good);
     let (backend, gateway) = start_checking(&pki, &[HARD_FAIL, "max_age: 2s"], |c| c);
 
     let client = Client::with_versions(&pki, Some(&cert), &[&rustls::version::TLS12]);

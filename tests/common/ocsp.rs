@@ -42,6 +42,18 @@ pub fn device(pki: &TestPki, name: &str, url: &str) -> IssuedCert {
         .issue(&CertRequest::client(name).ocsp_url(url))
 }
 
+/// A device certificate naming `responder` in its AIA, listed there with `status`.
+pub fn listed_device(
+    pki: &TestPki,
+    responder: &OcspResponder,
+    name: &str,
+    status: OcspStatus,
+) -> IssuedCert {
+    let cert = device(pki, name, &responder.url());
+    responder.set_status(&cert, status);
+    cert
+}
+
 /// The gateway on io_uring, checking client certificates with OCSP only (no CRLs).
 pub fn start_checking(
     pki: &TestPki,
